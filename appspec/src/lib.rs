@@ -1,0 +1,14 @@
+//! The contract with the CodeDeploy agent: lifecycle events, the environment a hook receives, and
+//! the AppSpec file we render for EC2/on-prem deployments.
+//!
+//! The facts encoded here come from the agent's source (aws/aws-codedeploy-agent 1.8.1); see
+//! `shared/docs/CODEDEPLOY.md` for the evidence behind each of them.
+#![warn(missing_docs)]
+
+mod event;
+#[cfg(feature = "render")]
+mod render;
+
+pub use event::{HookEnv, HookEnvError, LifecycleEvent, MAX_HOOK_TIMEOUT, is_deployment_id};
+#[cfg(feature = "render")]
+pub use render::{AppSpec, HookScript, RenderError};

@@ -1,0 +1,774 @@
+//! `deploy.yaml`, the one file a team writes, and `deploy/release.yaml`, its resolved form that
+//! the hook runs from.
+//!
+//! Every value that ends up in a unit file, a TOML file or a path is validated while it is
+//! deserialized, so an error carries the key, line and column that serde_yaml knows.
+
+use std::{collections::BTreeMap, fmt, path::Path};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use appspec::{LifecycleEvent, MAX_HOOK_TIMEOUT};
+
+/// The file name a team writes in its app directory.
+pub const DEPLOY_YAML: &str = "deploy.yaml";
+
+/// Why a deploy.yaml or release.yaml cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML, or a key or value breaks a rule.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// serde_yaml's message: key path, rule, line and column.
+        message: String,
+    },
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated scalar types. Each checks its rule in `TryFrom<String>`, which serde runs while the
+// parser still knows the position.
+
+macro_rules! validated_string {
+    ($(#[$doc:meta])* $name:ident, $check:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(value: String) -> Result<Self, String> {
+                let check: fn(&str) -> Result<(), String> = $check;
+                check(&value)?;
+                Ok($name(value))
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0
+            }
+        }
+
+        impl $name {
+            /// The validated text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+fn no_control(value: &str) -> Result<(), String> {
+    match value.chars().find(|c| c.is_control()) {
+        Some(c) => Err(format!(
+            "{value:?} contains the control character {c:?}, which a unit file or TOML value cannot hold"
+        )),
+        None => Ok(()),
+    }
+}
+
+fn relative_path(value: &str) -> Result<(), String> {
+    no_control(value)?;
+    let ok = !value.is_empty()
+        && !value.starts_with('/')
+        && value.split('/').all(|part| !part.is_empty() && part != "." && part != "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{value:?} must be a relative path without '.', '..' or empty parts"))
+    }
+}
+
+fn absolute_path(value: &str) -> Result<(), String> {
+    no_control(value)?;
+    let ok = value.starts_with('/')
+        && value.len() > 1
+        && !value.ends_with('/')
+        && value[1..].split('/').all(|part| !part.is_empty() && part != "." && part != "..");
+    if !ok {
+        return Err(format!(
+            "{value:?} must be an absolute path without '.', '..', empty parts or a trailing '/'"
+        ));
+    }
+    if value.contains(char::is_whitespace) || value.contains(['%', '$', '"', '\'', '\\']) {
+        return Err(format!("{value:?}: paths with spaces, quotes, '\\', '%' or '$' are not supported"));
+    }
+    Ok(())
+}
+
+fn posix_name(value: &str) -> Result<(), String> {
+    let mut bytes = value.bytes();
+    let first_ok = bytes.next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
+    let rest_ok = bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if first_ok && rest_ok && value.len() <= 32 {
+        Ok(())
+    } else {
+        Err(format!("{value:?} is not a portable user or group name ([a-z_][a-z0-9_-]*, at most 32)"))
+    }
+}
+
+fn app_name(value: &str) -> Result<(), String> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{value:?} is not an app name (letters, digits, '-', '_', '.'; at most 64)"))
+    }
+}
+
+fn unit_name(value: &str) -> Result<(), String> {
+    let stem = value.strip_suffix(".service").unwrap_or("");
+    let ok = !stem.is_empty()
+        && value.len() <= 255
+        && stem.bytes().all(|b| b.is_ascii_alphanumeric() || b":-_.\\".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{value:?} is not a service unit name (letters, digits, ':-_.' and the suffix .service)"))
+    }
+}
+
+fn asgi_app(value: &str) -> Result<(), String> {
+    let (module, attr) =
+        value.split_once(':').ok_or_else(|| format!("{value:?} must be MODULE:ATTRIBUTE, like app:app"))?;
+    let ident = |s: &str| {
+        s.split('.').all(|part| {
+            part.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+    };
+    let attr_ok = ident(attr) || attr.ends_with("()") && ident(&attr[..attr.len() - 2]);
+    if ident(module) && attr_ok {
+        Ok(())
+    } else {
+        Err(format!("{value:?} must be MODULE:ATTRIBUTE, like app:app"))
+    }
+}
+
+fn env_name(value: &str) -> Result<(), String> {
+    let mut bytes = value.bytes();
+    let ok = bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{value:?} is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)"))
+    }
+}
+
+fn health_url(value: &str) -> Result<(), String> {
+    no_control(value)?;
+    let rest = value
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{value:?}: only http:// health URLs are supported"))?;
+    let (authority, _path) = rest.split_once('/').unwrap_or((rest, ""));
+    if authority.is_empty() || value.contains(char::is_whitespace) {
+        return Err(format!("{value:?} is not an http://HOST[:PORT]/PATH URL"));
+    }
+    Ok(())
+}
+
+validated_string!(
+    /// A name for the app: letters, digits, `-`, `_`, `.`.
+    AppName, app_name);
+validated_string!(
+    /// A POSIX user or group name.
+    PosixName, posix_name);
+validated_string!(
+    /// An absolute, normalized path with no characters that need quoting.
+    AbsPath, absolute_path);
+validated_string!(
+    /// A relative, normalized path.
+    RelPath, relative_path);
+validated_string!(
+    /// A systemd service unit name.
+    UnitName, unit_name);
+validated_string!(
+    /// An ASGI application reference, `module:attribute`.
+    AsgiApp, asgi_app);
+validated_string!(
+    /// An environment variable name.
+    EnvName, env_name);
+validated_string!(
+    /// Free text that will land in a unit or TOML file: no control characters.
+    Text, no_control);
+validated_string!(
+    /// An `http://` URL for the health check.
+    HealthUrl, health_url);
+
+/// A hook timeout in seconds, 1..=3600.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "u64", into = "u32")]
+pub struct Timeout(u32);
+
+impl TryFrom<u64> for Timeout {
+    type Error = String;
+    fn try_from(value: u64) -> Result<Self, String> {
+        if (1..=u64::from(MAX_HOOK_TIMEOUT)).contains(&value) {
+            Ok(Timeout(value as u32))
+        } else {
+            Err(format!(
+                "timeout {value} is outside 1..={MAX_HOOK_TIMEOUT} seconds (CodeDeploy's limit for a hook)"
+            ))
+        }
+    }
+}
+
+impl From<Timeout> for u32 {
+    fn from(value: Timeout) -> u32 {
+        value.0
+    }
+}
+
+impl Timeout {
+    /// Seconds.
+    pub fn secs(self) -> u32 {
+        self.0
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// deploy.yaml
+
+/// How the hook builds the virtualenv.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Installer {
+    /// uv when the instance has it, else venv + pip.
+    #[default]
+    Auto,
+    /// Always uv; fails when the instance has none.
+    Uv,
+    /// Always `python -m venv` and pip.
+    Pip,
+}
+
+impl Installer {
+    /// The name in deploy.yaml.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Installer::Auto => "auto",
+            Installer::Uv => "uv",
+            Installer::Pip => "pip",
+        }
+    }
+}
+
+/// systemd's `Restart=` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[allow(missing_docs)]
+pub enum RestartPolicy {
+    No,
+    Always,
+    OnSuccess,
+    #[default]
+    OnFailure,
+    OnAbnormal,
+    OnAbort,
+    OnWatchdog,
+}
+
+impl RestartPolicy {
+    /// The value systemd reads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::No => "no",
+            RestartPolicy::Always => "always",
+            RestartPolicy::OnSuccess => "on-success",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::OnAbnormal => "on-abnormal",
+            RestartPolicy::OnAbort => "on-abort",
+            RestartPolicy::OnWatchdog => "on-watchdog",
+        }
+    }
+}
+
+/// hypercorn's worker classes that need no code of ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum WorkerClass {
+    Asyncio,
+    Uvloop,
+    Trio,
+}
+
+/// The `service:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Unit name; default `<app>.service`.
+    pub unit: Option<UnitName>,
+    /// `Description=`; default `<app> (hypercorn)`.
+    pub description: Option<Text>,
+    /// The ASGI application, `module:attribute`.
+    #[serde(default = "default_asgi_app")]
+    pub asgi_app: AsgiApp,
+    /// `Restart=`.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// `RestartSec=`, seconds.
+    #[serde(default = "default_restart_sec")]
+    pub restart_sec: u32,
+    /// `Environment=` assignments.
+    #[serde(default)]
+    pub environment: BTreeMap<EnvName, Text>,
+    /// Stop the service in ApplicationStop (default: keep serving until ApplicationStart).
+    #[serde(default)]
+    pub stop_on_application_stop: bool,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            unit: None,
+            description: None,
+            asgi_app: default_asgi_app(),
+            restart: RestartPolicy::default(),
+            restart_sec: default_restart_sec(),
+            environment: BTreeMap::new(),
+            stop_on_application_stop: false,
+        }
+    }
+}
+
+/// The `hypercorn:` section: only keys hypercorn's `Config` knows (it ignores unknown ones
+/// silently, so we refuse them here).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct HypercornConfig {
+    #[serde(default = "default_bind")]
+    pub bind: Vec<Text>,
+    #[serde(default = "default_workers")]
+    pub workers: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_class: Option<WorkerClass>,
+    #[serde(default = "default_graceful_timeout")]
+    pub graceful_timeout: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive_timeout: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_timeout: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_timeout: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_timeout: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_path: Option<Text>,
+    #[serde(default = "default_dash")]
+    pub accesslog: Text,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log_format: Option<Text>,
+    #[serde(default = "default_dash")]
+    pub errorlog: Text,
+    #[serde(default = "default_loglevel")]
+    pub loglevel: Text,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_server_header: Option<bool>,
+}
+
+impl Default for HypercornConfig {
+    fn default() -> Self {
+        serde_yaml::from_str("{}").expect("every hypercorn key has a default")
+    }
+}
+
+/// The `health:` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// URL to GET; default `http://<first TCP bind>/healthz`, with 0.0.0.0 read as 127.0.0.1.
+    pub url: Option<HealthUrl>,
+    /// Seconds for one try.
+    pub try_timeout: Option<u32>,
+    /// Seconds for all tries.
+    pub deadline: Option<u32>,
+    /// Seconds between tries.
+    pub interval: Option<u32>,
+}
+
+/// One post-install command (a migration, say).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostInstall {
+    /// A name for logs.
+    pub name: Text,
+    /// The argv, run without a shell in the staged release, the venv first on PATH.
+    pub run: Vec<Text>,
+    /// Seconds before it is killed.
+    #[serde(default = "default_post_install_timeout")]
+    pub timeout: u32,
+}
+
+/// The `timeouts:` section: seconds per lifecycle event, each 1..=3600.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct Timeouts {
+    #[serde(default = "t60")]
+    pub application_stop: Timeout,
+    #[serde(default = "t300")]
+    pub before_install: Timeout,
+    #[serde(default = "t1200")]
+    pub after_install: Timeout,
+    #[serde(default = "t300")]
+    pub application_start: Timeout,
+    #[serde(default = "t300")]
+    pub validate_service: Timeout,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            application_stop: t60(),
+            before_install: t300(),
+            after_install: t1200(),
+            application_start: t300(),
+            validate_service: t300(),
+        }
+    }
+}
+
+impl Timeouts {
+    /// The timeout of one event; load balancer events get ApplicationStop's.
+    pub fn of(&self, event: LifecycleEvent) -> Timeout {
+        match event {
+            LifecycleEvent::BeforeInstall => self.before_install,
+            LifecycleEvent::AfterInstall => self.after_install,
+            LifecycleEvent::ApplicationStart => self.application_start,
+            LifecycleEvent::ValidateService => self.validate_service,
+            _ => self.application_stop,
+        }
+    }
+}
+
+/// `deploy.yaml` as written, before defaults that depend on other keys are resolved.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployConfig {
+    /// The app's name: bundle names, default unit name.
+    pub app: AppName,
+    /// The user the service and the venv build run as; default `snake`, as in the seed.
+    #[serde(default = "default_user")]
+    pub user: PosixName,
+    /// Default: the user's name.
+    pub group: Option<PosixName>,
+    /// Default: `/home/<user>/app`.
+    pub app_root: Option<AbsPath>,
+    /// The application source, relative to the app directory.
+    #[serde(default = "default_source_dir")]
+    pub source_dir: RelPath,
+    /// The pinned requirements, relative to the app directory.
+    #[serde(default = "default_requirements")]
+    pub requirements: RelPath,
+    /// The `.env` template, relative to the app directory.
+    #[serde(default = "default_env_sample")]
+    pub env_sample: RelPath,
+    /// Files that outlive releases: linked from `shared/`.
+    #[serde(default)]
+    pub shared_files: Vec<RelPath>,
+    /// Directories that outlive releases: linked from `shared/`.
+    #[serde(default)]
+    pub shared_dirs: Vec<RelPath>,
+    /// How many good releases to keep (at least 2: the current and the previous).
+    #[serde(default = "default_keep")]
+    pub keep_releases: u32,
+    /// The interpreter on the instance that builds the venv.
+    #[serde(default = "default_python")]
+    pub python: AbsPath,
+    /// How the venv is built.
+    #[serde(default)]
+    pub installer: Installer,
+    /// The systemd service.
+    #[serde(default)]
+    pub service: ServiceConfig,
+    /// hypercorn's configuration.
+    #[serde(default)]
+    pub hypercorn: HypercornConfig,
+    /// The health check of ValidateService.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// Commands run in the staged release before the switch.
+    #[serde(default)]
+    pub post_install: Vec<PostInstall>,
+    /// Seconds per lifecycle event.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+fn default_user() -> PosixName {
+    PosixName("snake".into())
+}
+fn default_source_dir() -> RelPath {
+    RelPath("src".into())
+}
+fn default_requirements() -> RelPath {
+    RelPath("requirements.pip".into())
+}
+fn default_env_sample() -> RelPath {
+    RelPath("configs/sample.env".into())
+}
+fn default_keep() -> u32 {
+    5
+}
+fn default_python() -> AbsPath {
+    AbsPath("/usr/bin/python3".into())
+}
+fn default_asgi_app() -> AsgiApp {
+    AsgiApp("app:app".into())
+}
+fn default_restart_sec() -> u32 {
+    2
+}
+fn default_bind() -> Vec<Text> {
+    vec![Text("127.0.0.1:8000".into())]
+}
+fn default_workers() -> u32 {
+    1
+}
+fn default_graceful_timeout() -> f64 {
+    10.0
+}
+fn default_dash() -> Text {
+    Text("-".into())
+}
+fn default_loglevel() -> Text {
+    Text("INFO".into())
+}
+fn default_post_install_timeout() -> u32 {
+    300
+}
+fn t60() -> Timeout {
+    Timeout(60)
+}
+fn t300() -> Timeout {
+    Timeout(300)
+}
+fn t1200() -> Timeout {
+    Timeout(1200)
+}
+
+// ---------------------------------------------------------------------------------------------
+// release.yaml
+
+/// The resolved health check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct Health {
+    pub url: HealthUrl,
+    pub try_timeout: u32,
+    pub deadline: u32,
+    pub interval: u32,
+}
+
+/// `deploy/release.yaml`: every value the hook needs, resolved at bundle time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct Release {
+    /// Format version of this file.
+    pub schema: u32,
+    pub app: AppName,
+    pub user: PosixName,
+    pub group: PosixName,
+    pub app_root: AbsPath,
+    pub unit: UnitName,
+    pub python: AbsPath,
+    pub installer: Installer,
+    /// The instances' CPU architecture, as the hook binary was built for.
+    pub arch: String,
+    /// Names the venv under `<app_root>/venvs/`; see [`venv_key`].
+    pub venv_key: String,
+    pub keep_releases: u32,
+    pub shared_files: Vec<RelPath>,
+    pub shared_dirs: Vec<RelPath>,
+    pub stop_on_application_stop: bool,
+    pub health: Health,
+    pub post_install: Vec<PostInstall>,
+    pub timeouts: Timeouts,
+}
+
+/// The current `schema` of release.yaml.
+pub const RELEASE_SCHEMA: u32 = 1;
+
+/// The venv's name: a hash of everything that makes it what it is.
+///
+/// The installer *setting* is hashed, not what `auto` picks on a host, so the bundle and the
+/// hook agree on the name.
+pub fn venv_key(python: &str, installer: Installer, requirements: &[u8]) -> String {
+    let mut hasher = Sha256::new();
+    for part in [b"venv-v1".as_slice(), python.as_bytes(), installer.as_str().as_bytes(), requirements] {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    let digest = hasher.finalize();
+    format!("v-{}", &crate::hex(&digest)[..16])
+}
+
+fn yaml_error(path: &Path, err: serde_yaml::Error) -> ConfigError {
+    ConfigError::Invalid { path: path.display().to_string(), message: err.to_string() }
+}
+
+impl DeployConfig {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<DeployConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        DeployConfig::parse(path, &text)
+    }
+
+    /// Validates `text`, naming `path` in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<DeployConfig, ConfigError> {
+        let config: DeployConfig = serde_yaml::from_str(text).map_err(|err| yaml_error(path, err))?;
+        let invalid = |message: String| ConfigError::Invalid { path: path.display().to_string(), message };
+        if config.keep_releases < 2 {
+            return Err(invalid(format!(
+                "keep_releases: {} is below 2 (the current and the previous release are always kept)",
+                config.keep_releases
+            )));
+        }
+        if config.hypercorn.bind.is_empty() {
+            return Err(invalid("hypercorn.bind: at least one address is needed".into()));
+        }
+        if config.hypercorn.workers == 0 {
+            return Err(invalid("hypercorn.workers: must be at least 1".into()));
+        }
+        for (i, cmd) in config.post_install.iter().enumerate() {
+            if cmd.run.is_empty() {
+                return Err(invalid(format!("post_install[{i}].run: the command is empty")));
+            }
+        }
+        if config.health.url.is_none() && config.default_health_url().is_none() {
+            return Err(invalid(
+                "health.url: no TCP address in hypercorn.bind to derive it from; set health.url".into(),
+            ));
+        }
+        Ok(config)
+    }
+
+    /// The group, defaulting to the user's name.
+    pub fn group(&self) -> PosixName {
+        self.group.clone().unwrap_or_else(|| PosixName(self.user.0.clone()))
+    }
+
+    /// The app root, defaulting to `/home/<user>/app` as in the seed.
+    pub fn app_root(&self) -> AbsPath {
+        self.app_root.clone().unwrap_or_else(|| AbsPath(format!("/home/{}/app", self.user)))
+    }
+
+    /// The unit name, defaulting to `<app>.service`.
+    pub fn unit(&self) -> UnitName {
+        self.service.unit.clone().unwrap_or_else(|| UnitName(format!("{}.service", self.app)))
+    }
+
+    /// The unit description.
+    pub fn description(&self) -> String {
+        match &self.service.description {
+            Some(it) => it.0.clone(),
+            None => format!("{} (hypercorn ASGI service)", self.app),
+        }
+    }
+
+    fn default_health_url(&self) -> Option<HealthUrl> {
+        self.hypercorn.bind.iter().find_map(|bind| {
+            let bind = bind.as_str();
+            if bind.starts_with("unix:") || bind.starts_with("fd://") {
+                return None;
+            }
+            let (host, port) = bind.rsplit_once(':')?;
+            port.parse::<u16>().ok()?;
+            let host = match host {
+                "0.0.0.0" | "" => "127.0.0.1",
+                "[::]" => "[::1]",
+                other => other,
+            };
+            Some(HealthUrl(format!("http://{host}:{port}/healthz")))
+        })
+    }
+
+    /// Resolves every default; `requirements` is the content of the requirements file, `arch`
+    /// the instances' architecture.
+    pub fn resolve(&self, requirements: &[u8], arch: &str) -> Release {
+        let health = &self.health;
+        Release {
+            schema: RELEASE_SCHEMA,
+            app: self.app.clone(),
+            user: self.user.clone(),
+            group: self.group(),
+            app_root: self.app_root(),
+            unit: self.unit(),
+            python: self.python.clone(),
+            installer: self.installer,
+            arch: arch.to_owned(),
+            venv_key: venv_key(self.python.as_str(), self.installer, requirements),
+            keep_releases: self.keep_releases,
+            shared_files: self.shared_files.clone(),
+            shared_dirs: self.shared_dirs.clone(),
+            stop_on_application_stop: self.service.stop_on_application_stop,
+            health: Health {
+                url: health.url.clone().or_else(|| self.default_health_url()).expect("checked in parse"),
+                try_timeout: health.try_timeout.unwrap_or(2),
+                deadline: health.deadline.unwrap_or(60),
+                interval: health.interval.unwrap_or(1),
+            },
+            post_install: self.post_install.clone(),
+            timeouts: self.timeouts,
+        }
+    }
+}
+
+impl Release {
+    /// Parses release.yaml, naming `path` in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Release, ConfigError> {
+        let release: Release = serde_yaml::from_str(text).map_err(|err| yaml_error(path, err))?;
+        if release.schema != RELEASE_SCHEMA {
+            return Err(ConfigError::Invalid {
+                path: path.display().to_string(),
+                message: format!(
+                    "schema {} is not {RELEASE_SCHEMA}: bundle and hook versions differ",
+                    release.schema
+                ),
+            });
+        }
+        Ok(release)
+    }
+
+    /// The YAML text of release.yaml.
+    pub fn to_yaml(&self) -> String {
+        let body = serde_yaml::to_string(self).expect("a release serializes");
+        format!("# Resolved from deploy.yaml by `cargo xtask bundle`; the hook runs from this file.\n{body}")
+    }
+
+    /// `<app_root>/venvs/<venv_key>`, the venv every release with these dependencies uses.
+    pub fn venv_dir(&self) -> String {
+        format!("{}/venvs/{}", self.app_root, self.venv_key)
+    }
+}

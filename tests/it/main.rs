@@ -1,0 +1,1 @@
+//! End-to-end tests across crates, with real parts: cargo, GNU tar, qemu, systemd-analyze.
