@@ -42,29 +42,44 @@ pub enum ConfigError {
 macro_rules! validated_string {
     ($(#[$doc:meta])* $name:ident, $check:expr) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $name(String);
 
-        impl TryFrom<String> for $name {
-            type Error = String;
-            fn try_from(value: String) -> Result<Self, String> {
-                let check: fn(&str) -> Result<(), String> = $check;
-                check(&value)?;
-                Ok($name(value))
-            }
-        }
-
-        impl From<$name> for String {
-            fn from(value: $name) -> String {
-                value.0
-            }
-        }
-
         impl $name {
+            /// Validates `value`.
+            pub fn new(value: &str) -> Result<$name, String> {
+                let check: fn(&str) -> Result<(), String> = $check;
+                check(value)?;
+                Ok($name(value.to_owned()))
+            }
+
             /// The validated text.
             pub fn as_str(&self) -> &str {
                 &self.0
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
+
+        // Validated inside the scalar's own visitor, where serde_yaml still knows its key path,
+        // line and column.
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Visitor;
+                impl serde::de::Visitor<'_> for Visitor {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str("a string")
+                    }
+                    fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<$name, E> {
+                        $name::new(value).map_err(E::custom)
+                    }
+                }
+                deserializer.deserialize_str(Visitor)
             }
         }
 
@@ -218,20 +233,39 @@ validated_string!(
     HealthUrl, health_url);
 
 /// A hook timeout in seconds, 1..=3600.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "u64", into = "u32")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "u32")]
 pub struct Timeout(u32);
 
-impl TryFrom<u64> for Timeout {
-    type Error = String;
-    fn try_from(value: u64) -> Result<Self, String> {
-        if (1..=u64::from(MAX_HOOK_TIMEOUT)).contains(&value) {
+impl Timeout {
+    /// Validates `value`.
+    pub fn new(value: i128) -> Result<Timeout, String> {
+        if (1..=i128::from(MAX_HOOK_TIMEOUT)).contains(&value) {
             Ok(Timeout(value as u32))
         } else {
             Err(format!(
                 "timeout {value} is outside 1..={MAX_HOOK_TIMEOUT} seconds (CodeDeploy's limit for a hook)"
             ))
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for Timeout {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Timeout;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a whole number of seconds")
+            }
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<Timeout, E> {
+                Timeout::new(value.into()).map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<Timeout, E> {
+                Timeout::new(value.into()).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_u64(Visitor)
     }
 }
 
@@ -772,3 +806,6 @@ impl Release {
         format!("{}/venvs/{}", self.app_root, self.venv_key)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,3 @@
 //! End-to-end tests across crates, with real parts: cargo, GNU tar, qemu, systemd-analyze.
+
+mod bundle;

@@ -1,0 +1,98 @@
+//! deploy.yaml errors: each names the file, the key, the line and the column.
+
+use std::path::Path;
+
+use expect_test::{Expect, expect};
+
+use super::DeployConfig;
+
+fn check_err(text: &str, want: Expect) {
+    let err = DeployConfig::parse(Path::new("app/deploy.yaml"), text).unwrap_err();
+    want.assert_eq(&err.to_string());
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let config = DeployConfig::parse(Path::new("deploy.yaml"), "app: api\n").unwrap();
+    let release = config.resolve(b"", "aarch64");
+    assert_eq!(release.user.as_str(), "snake");
+    assert_eq!(release.app_root.as_str(), "/home/snake/app");
+    assert_eq!(release.unit.as_str(), "api.service");
+    assert_eq!(release.health.url.as_str(), "http://127.0.0.1:8000/healthz");
+    assert_eq!(release.timeouts.after_install.secs(), 1200);
+}
+
+#[test]
+fn errors_name_file_key_line_and_column() {
+    check_err(
+        "app: api\nhypercorn:\n  wrkers: 2\n",
+        expect![
+            "app/deploy.yaml: hypercorn: unknown field `wrkers`, expected one of `bind`, `workers`, `worker_class`, `graceful_timeout`, `keep_alive_timeout`, `read_timeout`, `startup_timeout`, `shutdown_timeout`, `backlog`, `max_requests`, `root_path`, `accesslog`, `access_log_format`, `errorlog`, `loglevel`, `include_server_header` at line 3 column 3"
+        ],
+    );
+    check_err(
+        "app: api\ntimeouts:\n  after_install: 7200\n",
+        expect![
+            "app/deploy.yaml: timeouts.after_install: timeout 7200 is outside 1..=3600 seconds (CodeDeploy's limit for a hook) at line 3 column 18"
+        ],
+    );
+    check_err(
+        "app: api\nservice:\n  description: \"two\\nlines\"\n",
+        expect![[
+            r#"app/deploy.yaml: service.description: "two\nlines" contains the control character '\n', which a unit file or TOML value cannot hold at line 3 column 16"#
+        ]],
+    );
+    check_err(
+        "app: api\nuser: Root!\n",
+        expect![[
+            r#"app/deploy.yaml: user: "Root!" is not a portable user or group name ([a-z_][a-z0-9_-]*, at most 32) at line 2 column 7"#
+        ]],
+    );
+    check_err(
+        "app: api\napp_root: /srv/../etc\n",
+        expect![[
+            r#"app/deploy.yaml: app_root: "/srv/../etc" must be an absolute path without '.', '..', empty parts or a trailing '/' at line 2 column 11"#
+        ]],
+    );
+    check_err(
+        "app: api\nextra: 1\n",
+        expect![
+            "app/deploy.yaml: unknown field `extra`, expected one of `app`, `user`, `group`, `app_root`, `source_dir`, `requirements`, `env_sample`, `shared_files`, `shared_dirs`, `keep_releases`, `python`, `installer`, `service`, `hypercorn`, `health`, `post_install`, `timeouts` at line 2 column 1"
+        ],
+    );
+    check_err("user: snake\n", expect!["app/deploy.yaml: missing field `app`"]);
+    check_err(
+        "app: api\nkeep_releases: 1\n",
+        expect![
+            "app/deploy.yaml: keep_releases: 1 is below 2 (the current and the previous release are always kept)"
+        ],
+    );
+    check_err(
+        "app: api\nservice:\n  asgi_app: app\n",
+        expect![[
+            r#"app/deploy.yaml: service.asgi_app: "app" must be MODULE:ATTRIBUTE, like app:app at line 3 column 13"#
+        ]],
+    );
+    check_err(
+        "app: api\nservice:\n  environment:\n    BAD-NAME: x\n",
+        expect![[
+            r#"app/deploy.yaml: service.environment: "BAD-NAME" is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*) at line 4 column 5"#
+        ]],
+    );
+    check_err(
+        "app: api\ninstaller: conda\n",
+        expect![
+            "app/deploy.yaml: installer: unknown variant `conda`, expected one of `auto`, `uv`, `pip` at line 2 column 12"
+        ],
+    );
+    check_err(
+        "app: [\n",
+        expect!["app/deploy.yaml: app: invalid type: sequence, expected a string at line 1 column 6"],
+    );
+    check_err(
+        "app: api\nhypercorn:\n  bind: [\"unix:/run/a.sock\"]\n",
+        expect![
+            "app/deploy.yaml: health.url: no TCP address in hypercorn.bind to derive it from; set health.url"
+        ],
+    );
+}
