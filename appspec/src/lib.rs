@@ -5,9 +5,17 @@
 //! `shared/docs/CODEDEPLOY.md` for the evidence behind each of them.
 #![warn(missing_docs)]
 
+#[cfg(feature = "verify")]
+pub mod diag;
 mod event;
 #[cfg(feature = "render")]
 mod render;
+#[cfg(feature = "verify")]
+pub mod validate;
+#[cfg(feature = "verify")]
+pub mod yaml;
+#[cfg(feature = "verify")]
+pub mod yaml11;
 
 pub use event::{HookEnv, HookEnvError, LifecycleEvent, MAX_HOOK_TIMEOUT, is_deployment_id};
 #[cfg(feature = "render")]
