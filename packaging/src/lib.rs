@@ -14,6 +14,10 @@ pub mod manifest;
 
 #[cfg(feature = "build")]
 pub mod bundle;
+#[cfg(feature = "verify")]
+pub mod inspect;
+#[cfg(feature = "verify")]
+pub mod reader;
 #[cfg(feature = "build")]
 pub mod render;
 #[cfg(feature = "build")]

@@ -1,0 +1,746 @@
+//! A safe reader for a revision: a `.tgz`/`.tar` archive read in memory (never extracted, never
+//! following a link), or an extracted directory walked without following symlinks.
+//!
+//! It reports every problem as a [`Finding`] (path traversal, absolute paths, links that leave the
+//! revision, devices, duplicates, a corrupt or truncated stream, a gzip bomb) and gives back a
+//! view of the revision as the agent would unpack it, the single top-level directory stripped.
+
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    io::{self, BufReader, Read},
+    os::unix::fs::{FileTypeExt, MetadataExt},
+    path::Path,
+    rc::Rc,
+};
+
+use appspec::diag::{Finding, Severity};
+use sha2::{Digest, Sha256};
+
+use crate::{bundle::link_stays_inside, hex, layout};
+
+/// Caps that keep a hostile input from exhausting memory or disk.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Bytes of the expanded (decompressed) stream; more is a gzip bomb.
+    pub max_expanded: u64,
+    /// Number of entries.
+    pub max_entries: usize,
+    /// Bytes of one file.
+    pub max_entry: u64,
+    /// Bytes of file content kept in memory for the content checks.
+    pub max_retained: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_expanded: 2 << 30, max_entries: 200_000, max_entry: 1 << 30, max_retained: 512 << 20 }
+    }
+}
+
+/// What an entry of the revision is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// A regular file (or a hard link to one inside the revision).
+    File {
+        /// Bytes.
+        size: u64,
+        /// sha256, lower-case hex.
+        sha256: String,
+        /// The content, when it was small enough to keep.
+        data: Option<Vec<u8>>,
+    },
+    /// A directory, listed or implied by a deeper path.
+    Dir,
+    /// A symlink that stays inside the revision.
+    Symlink {
+        /// The link text.
+        target: String,
+    },
+}
+
+/// One entry of the revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// What it is.
+    pub kind: Kind,
+    /// Permission bits (with setuid, setgid, sticky).
+    pub mode: u32,
+}
+
+/// A revision as the agent would see it after unpacking.
+#[derive(Debug, Default)]
+pub struct Revision {
+    /// Entries by path relative to the revision root (after stripping a top-level directory).
+    pub items: BTreeMap<String, Item>,
+    /// The top-level directory the agent strips, if any.
+    pub stripped: Option<String>,
+    /// Everything found wrong while reading.
+    pub findings: Vec<Finding>,
+}
+
+/// The input cannot be read at all (as opposed to a revision with findings).
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The path cannot be opened or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The input.
+        path: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// A zip or another format this reader does not take.
+    #[error("{path}: {what}")]
+    Unsupported {
+        /// The input.
+        path: String,
+        /// What it looks like.
+        what: String,
+    },
+}
+
+/// A Read adapter that counts bytes, stops at a cap and remembers the inner stream's error.
+struct Counting<R> {
+    inner: R,
+    count: u64,
+    cap: u64,
+    state: Rc<RefCell<StreamState>>,
+}
+
+#[derive(Debug, Default)]
+struct StreamState {
+    count: u64,
+    over_cap: bool,
+    inner_error: Option<String>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.count >= self.cap {
+            self.state.borrow_mut().over_cap = true;
+            return Err(io::Error::other("expanded size cap reached"));
+        }
+        let room = usize::try_from(self.cap - self.count).unwrap_or(usize::MAX).min(buf.len());
+        match self.inner.read(&mut buf[..room]) {
+            Ok(n) => {
+                self.count += n as u64;
+                self.state.borrow_mut().count = self.count;
+                Ok(n)
+            }
+            Err(e) => {
+                self.state.borrow_mut().inner_error = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+}
+
+struct Collector<'a> {
+    name: String,
+    limits: &'a Limits,
+    findings: Vec<Finding>,
+    /// Normalized path -> item, in archive order of first appearance.
+    items: BTreeMap<String, Item>,
+    /// Paths listed as symlinks, for the "through a symlink" check.
+    symlinks: BTreeSet<String>,
+    retained: u64,
+}
+
+fn err(file: &str, rule: &'static str, message: String, fix: &str) -> Finding {
+    Finding::file(file, rule, Severity::Error, message, fix)
+}
+
+fn warn(file: &str, rule: &'static str, message: String, fix: &str) -> Finding {
+    Finding::file(file, rule, Severity::Warning, message, fix)
+}
+
+/// The path made relative and normalized, or the finding that says why it cannot be.
+fn normalize(raw: &[u8], shown: &str) -> Result<Option<String>, Box<Finding>> {
+    let Ok(text) = std::str::from_utf8(raw) else {
+        return Err(Box::new(err(
+            shown,
+            "archive.path-encoding",
+            "the entry's path is not valid UTF-8".into(),
+            "rename the file with a UTF-8 name",
+        )));
+    };
+    if text.starts_with('/') {
+        return Err(Box::new(err(
+            shown,
+            "archive.absolute-path",
+            "an absolute path in the archive (GNU tar strips the `/`, other tools write to it)".into(),
+            "store paths relative to the revision root",
+        )));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(Box::new(err(
+            shown,
+            "archive.path-control",
+            "the path holds a control character".into(),
+            "rename the file",
+        )));
+    }
+    let mut rest = text;
+    while let Some(stripped) = rest.strip_prefix("./") {
+        rest = stripped;
+    }
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest == "." {
+        return Ok(None);
+    }
+    let parts: Vec<&str> = rest.split('/').collect();
+    if parts.contains(&"..") {
+        return Err(Box::new(err(
+            shown,
+            "archive.path-traversal",
+            "the path has a `..` component and would land outside the revision".into(),
+            "store paths inside the revision root, without `..`",
+        )));
+    }
+    if parts.iter().any(|p| p.is_empty() || *p == ".") {
+        return Err(Box::new(err(
+            shown,
+            "archive.path-not-normalized",
+            "the path has empty or `.` components".into(),
+            "store normalized paths like `dir/file`",
+        )));
+    }
+    Ok(Some(rest.to_owned()))
+}
+
+fn normalize_link_target(target: &str) -> Option<String> {
+    let mut parts = Vec::new();
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            p => parts.push(p),
+        }
+    }
+    (!target.starts_with('/') && !parts.is_empty()).then(|| parts.join("/"))
+}
+
+impl Collector<'_> {
+    fn add(&mut self, path: String, item: Item, shown: &str) {
+        if let Some(parent) = self.symlinks.iter().find(|s| path.starts_with(&format!("{s}/"))) {
+            self.findings.push(err(
+                shown,
+                "archive.symlink-parent",
+                format!("the entry is written through the symlink {parent}: extracting it follows the link"),
+                "do not ship a symlink and entries below it",
+            ));
+            return;
+        }
+        if let Some(prev) = self.items.get(&path) {
+            let both_dirs = prev.kind == Kind::Dir && item.kind == Kind::Dir;
+            if both_dirs {
+                self.findings.push(warn(
+                    shown,
+                    "archive.duplicate-entry",
+                    "the directory is listed twice".into(),
+                    "list each directory once",
+                ));
+            } else {
+                self.findings.push(err(
+                    shown,
+                    "archive.duplicate-entry",
+                    "a second entry with this path: extraction keeps the last one, and a check of the first means nothing".into(),
+                    "write each path once",
+                ));
+            }
+        }
+        if let Kind::Symlink { .. } = item.kind {
+            self.symlinks.insert(path.clone());
+        }
+        self.items.insert(path, item);
+    }
+
+    fn check_mode(&mut self, shown: &str, mode: u32, uid: u64, gid: u64) {
+        if mode & 0o6000 != 0 {
+            self.findings.push(warn(
+                shown,
+                "archive.setuid",
+                format!("mode {mode:04o} has the setuid or setgid bit, and the agent's `tar -p` keeps it"),
+                "clear the setuid and setgid bits",
+            ));
+        }
+        if mode & 0o002 != 0 {
+            self.findings.push(warn(
+                shown,
+                "archive.world-writable",
+                format!("mode {mode:04o} is world-writable"),
+                "remove the o+w bit",
+            ));
+        }
+        if uid != 0 || gid != 0 {
+            self.findings.push(warn(
+                shown,
+                "archive.owner",
+                format!("owned by {uid}:{gid}: the agent extracts as root and keeps these ids"),
+                "build the archive with owner 0:0 (tar --owner=0 --group=0 --numeric-owner)",
+            ));
+        }
+    }
+
+    /// Reads a file's content: hash, size, and the bytes when they fit the retention cap.
+    fn content(&mut self, reader: &mut dyn Read, size_hint: u64) -> io::Result<Kind> {
+        let keep =
+            size_hint <= self.limits.max_entry && self.retained + size_hint <= self.limits.max_retained;
+        let mut hasher = Sha256::new();
+        let mut data = if keep { Some(Vec::with_capacity(size_hint.min(1 << 20) as usize)) } else { None };
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut size = 0u64;
+        loop {
+            let n = reader.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            size += n as u64;
+            hasher.update(&buf[..n]);
+            if let Some(data) = &mut data {
+                data.extend_from_slice(&buf[..n]);
+            }
+        }
+        if data.is_some() {
+            self.retained += size;
+        }
+        Ok(Kind::File { size, sha256: hex(&hasher.finalize()), data })
+    }
+
+    fn symlink(&mut self, path: &str, target: &str, shown: &str) -> Option<Kind> {
+        if target.starts_with('/') || !link_stays_inside(path, target) {
+            self.findings.push(err(
+                shown,
+                "archive.symlink-escape",
+                format!("symlink to {target:?} points outside the revision"),
+                "make the link relative and inside the revision, or ship the file itself",
+            ));
+            return None;
+        }
+        Some(Kind::Symlink { target: target.to_owned() })
+    }
+}
+
+/// Reads `path`: a directory, a `.tar` or a gzipped tar.
+pub fn read(path: &Path, limits: &Limits) -> Result<Revision, ReadError> {
+    let shown = path.display().to_string();
+    let io_err = |source| ReadError::Io { path: shown.clone(), source };
+    let meta = fs::metadata(path).map_err(io_err)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| shown.clone());
+    let mut collector = Collector {
+        name,
+        limits,
+        findings: Vec::new(),
+        items: BTreeMap::new(),
+        symlinks: BTreeSet::new(),
+        retained: 0,
+    };
+    if meta.is_dir() {
+        read_dir(path, &mut collector).map_err(io_err)?;
+    } else {
+        let mut file = fs::File::open(path).map_err(io_err)?;
+        let mut magic = [0u8; 4];
+        let n = file.read(&mut magic).map_err(io_err)?;
+        drop(file);
+        if n >= 2 && magic[..2] == [b'P', b'K'] {
+            return Err(ReadError::Unsupported {
+                path: shown,
+                what: "a zip archive: only .tgz, .tar and directories are checked".into(),
+            });
+        }
+        let file = BufReader::new(fs::File::open(path).map_err(io_err)?);
+        let gzip = n >= 2 && magic[..2] == [0x1f, 0x8b];
+        let stream: Box<dyn Read> =
+            if gzip { Box::new(flate2::read::MultiGzDecoder::new(file)) } else { Box::new(file) };
+        read_tar(stream, gzip, &mut collector);
+    }
+    Ok(finish(collector))
+}
+
+fn read_tar(stream: Box<dyn Read>, gzip: bool, c: &mut Collector<'_>) {
+    let state = Rc::new(RefCell::new(StreamState::default()));
+    let counting = Counting { inner: stream, count: 0, cap: c.limits.max_expanded, state: state.clone() };
+    let mut archive = tar::Archive::new(counting);
+    let name = c.name.clone();
+    let stream_failure = |state: &StreamState, e: &io::Error| -> Finding {
+        if state.over_cap {
+            err(
+                &name,
+                "archive.too-large",
+                format!(
+                    "the archive expands to more than {} bytes (a gzip bomb, or a revision far too large)",
+                    c.limits.max_expanded
+                ),
+                "ship a smaller revision; raise --max-expanded only for an input you trust",
+            )
+        } else if let Some(inner) = &state.inner_error {
+            let what = if gzip { "gzip" } else { "file" };
+            err(
+                &name,
+                "archive.corrupt",
+                format!("the {what} stream is corrupt or truncated: {inner}"),
+                "rebuild and re-upload the archive",
+            )
+        } else {
+            err(
+                &name,
+                "archive.corrupt",
+                format!("the tar stream is corrupt or truncated: {e}"),
+                "rebuild the archive with GNU tar or `cargo xtask bundle`",
+            )
+        }
+    };
+    let entries = match archive.entries() {
+        Ok(entries) => entries,
+        Err(e) => {
+            let f = stream_failure(&state.borrow(), &e);
+            c.findings.push(f);
+            return;
+        }
+    };
+    let mut count = 0usize;
+    let mut failed = false;
+    for entry in entries {
+        let mut entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                let f = stream_failure(&state.borrow(), &e);
+                c.findings.push(f);
+                failed = true;
+                break;
+            }
+        };
+        count += 1;
+        if count > c.limits.max_entries {
+            c.findings.push(err(
+                &name,
+                "archive.too-many-entries",
+                format!("more than {} entries", c.limits.max_entries),
+                "ship fewer files",
+            ));
+            failed = true;
+            break;
+        }
+        let raw = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw).into_owned();
+        let header = entry.header();
+        let kind = header.entry_type();
+        let mode = header.mode().unwrap_or(0) & 0o7777;
+        let uid = header.uid().unwrap_or(0);
+        let gid = header.gid().unwrap_or(0);
+        let size = entry.size();
+        let link = entry.link_name_bytes().map(|l| String::from_utf8_lossy(&l).into_owned());
+        let path = match normalize(&raw, &shown) {
+            Ok(Some(path)) => path,
+            Ok(None) => continue,
+            Err(f) => {
+                c.findings.push(*f);
+                continue;
+            }
+        };
+        c.check_mode(&shown, mode, uid, gid);
+        use tar::EntryType as T;
+        let item_kind = match kind {
+            T::Regular | T::Continuous => {
+                if size > c.limits.max_entry {
+                    c.findings.push(err(
+                        &shown,
+                        "archive.entry-too-large",
+                        format!("{size} bytes, over the {} byte cap for one file", c.limits.max_entry),
+                        "ship smaller files",
+                    ));
+                    continue;
+                }
+                match c.content(&mut entry, size) {
+                    Ok(kind) => kind,
+                    Err(e) => {
+                        let f = stream_failure(&state.borrow(), &e);
+                        c.findings.push(f);
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            T::Directory => Kind::Dir,
+            T::Symlink => match c.symlink(&path, link.as_deref().unwrap_or(""), &shown) {
+                Some(kind) => kind,
+                None => continue,
+            },
+            T::Link => {
+                let target = link.unwrap_or_default();
+                let resolved = normalize_link_target(&target);
+                match resolved.as_ref().and_then(|t| c.items.get(t)) {
+                    Some(Item { kind: kind @ Kind::File { .. }, .. }) => kind.clone(),
+                    _ => {
+                        c.findings.push(err(
+                            &shown,
+                            "archive.hardlink-escape",
+                            format!("hard link to {target:?}, which is not a file earlier in the revision"),
+                            "ship a copy of the file instead of a hard link",
+                        ));
+                        continue;
+                    }
+                }
+            }
+            T::Char | T::Block => {
+                c.findings.push(err(
+                    &shown,
+                    "archive.device",
+                    "a device node: a revision holds only files, directories and symlinks".into(),
+                    "remove the device node from the archive",
+                ));
+                continue;
+            }
+            T::Fifo => {
+                c.findings.push(err(
+                    &shown,
+                    "archive.fifo",
+                    "a named pipe (fifo): a revision holds only files, directories and symlinks".into(),
+                    "remove the fifo from the archive",
+                ));
+                continue;
+            }
+            other => {
+                c.findings.push(err(
+                    &shown,
+                    "archive.entry-type",
+                    format!("entry type {:?} is not a file, directory or symlink", other.as_byte() as char),
+                    "rebuild the archive with plain files",
+                ));
+                continue;
+            }
+        };
+        c.add(path, Item { kind: item_kind, mode }, &shown);
+    }
+    if !failed {
+        // Read to the end so the gzip trailer (CRC and length) is checked too.
+        let mut rest = archive.into_inner();
+        if let Err(e) = io::copy(&mut rest, &mut io::sink()) {
+            let f = stream_failure(&state.borrow(), &e);
+            c.findings.push(f);
+        }
+    }
+}
+
+fn read_dir(root: &Path, c: &mut Collector<'_>) -> io::Result<()> {
+    let mut stack = vec![String::new()];
+    let mut count = 0usize;
+    while let Some(dir) = stack.pop() {
+        let abs = if dir.is_empty() { root.to_path_buf() } else { root.join(&dir) };
+        let mut names: Vec<_> = fs::read_dir(&abs)?.collect::<Result<_, _>>()?;
+        names.sort_by_key(|e| e.file_name());
+        for item in names {
+            count += 1;
+            if count > c.limits.max_entries {
+                c.findings.push(err(
+                    &c.name.clone(),
+                    "archive.too-many-entries",
+                    format!("more than {} entries", c.limits.max_entries),
+                    "ship fewer files",
+                ));
+                return Ok(());
+            }
+            let name = item.file_name();
+            let Some(name) = name.to_str() else {
+                let shown = format!("{dir}/{}", name.to_string_lossy());
+                c.findings.push(err(
+                    &shown,
+                    "archive.path-encoding",
+                    "the path is not valid UTF-8".into(),
+                    "rename the file with a UTF-8 name",
+                ));
+                continue;
+            };
+            let rel = if dir.is_empty() { name.to_owned() } else { format!("{dir}/{name}") };
+            let meta = fs::symlink_metadata(item.path())?;
+            let ty = meta.file_type();
+            let mode = meta.mode() & 0o7777;
+            let kind = if ty.is_dir() {
+                stack.push(rel.clone());
+                Kind::Dir
+            } else if ty.is_symlink() {
+                let target = fs::read_link(item.path())?;
+                match c.symlink(&rel, &target.to_string_lossy(), &rel) {
+                    Some(kind) => kind,
+                    None => continue,
+                }
+            } else if ty.is_file() {
+                if meta.len() > c.limits.max_entry {
+                    c.findings.push(err(
+                        &rel,
+                        "archive.entry-too-large",
+                        format!(
+                            "{} bytes, over the {} byte cap for one file",
+                            meta.len(),
+                            c.limits.max_entry
+                        ),
+                        "ship smaller files",
+                    ));
+                    continue;
+                }
+                let mut file = fs::File::open(item.path())?;
+                c.content(&mut file, meta.len())?
+            } else {
+                let (rule, what) = if ty.is_fifo() {
+                    ("archive.fifo", "a named pipe (fifo)")
+                } else if ty.is_block_device() || ty.is_char_device() {
+                    ("archive.device", "a device node")
+                } else {
+                    ("archive.entry-type", "a socket or special file")
+                };
+                c.findings.push(err(
+                    &rel,
+                    rule,
+                    format!("{what}: a revision holds only files, directories and symlinks"),
+                    "remove it",
+                ));
+                continue;
+            };
+            if mode & 0o6000 != 0 && !ty.is_dir() {
+                c.check_mode(&rel, mode, 0, 0);
+            }
+            c.add(rel, Item { kind, mode }, &item.path().display().to_string());
+        }
+    }
+    Ok(())
+}
+
+const NOT_FOUND: &str = "The CodeDeploy agent did not find an AppSpec file within the unpacked revision directory at revision-relative path \"appspec.yml\". The revision was unpacked to directory \"<deployment-archive>\", and the AppSpec file was expected but not found at path \"<deployment-archive>/appspec.yml\". Consult the AWS CodeDeploy Appspec documentation for more information at http://docs.aws.amazon.com/codedeploy/latest/userguide/reference-appspec-file.html";
+
+/// Adds implied directories, applies the agent's top-level directory stripping and checks the
+/// layout.
+fn finish(c: Collector<'_>) -> Revision {
+    let Collector { name, mut findings, mut items, .. } = c;
+    let paths: Vec<String> = items.keys().cloned().collect();
+    for path in paths {
+        let mut p = path.as_str();
+        while let Some((parent, _)) = p.rsplit_once('/') {
+            items.entry(parent.to_owned()).or_insert(Item { kind: Kind::Dir, mode: 0o755 });
+            p = parent;
+        }
+    }
+    let top: BTreeSet<&str> = items.keys().map(|k| k.split('/').next().unwrap_or(k)).collect();
+    let mut stripped = None;
+    if top.len() == 1 {
+        let only = top.iter().next().expect("one").to_string();
+        let is_dir = items.get(&only).is_some_and(|i| i.kind == Kind::Dir);
+        let prefix = format!("{only}/");
+        let has_appspec = items.keys().any(|k| {
+            k.strip_prefix(&prefix)
+                .is_some_and(|rest| !rest.contains('/') && rest.to_ascii_lowercase().contains("appspec"))
+        });
+        if is_dir && has_appspec {
+            stripped = Some(only);
+        }
+    }
+    if let Some(dir) = &stripped {
+        let prefix = format!("{dir}/");
+        items = items
+            .into_iter()
+            .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|rest| (rest.to_owned(), v)))
+            .collect();
+    }
+    let appspec = items.get(layout::APPSPEC);
+    match appspec {
+        Some(Item { kind: Kind::File { .. } | Kind::Symlink { .. }, .. }) => {}
+        Some(_) => findings.push(err(
+            layout::APPSPEC,
+            "archive.appspec-missing",
+            "appspec.yml is a directory".into(),
+            "make appspec.yml a file",
+        )),
+        None => {
+            let nested: Vec<&String> = items.keys().filter(|k| k.ends_with("/appspec.yml")).collect();
+            let fix = if items.contains_key("appspec.yaml") {
+                "rename appspec.yaml to appspec.yml: hooks read only appspec.yml".to_owned()
+            } else if let Some(path) = nested.first() {
+                format!(
+                    "put appspec.yml at the archive root (it is at {path}), or leave its directory alone at the top level"
+                )
+            } else {
+                "add appspec.yml at the archive root".to_owned()
+            };
+            let rule = if nested.is_empty() { "archive.appspec-missing" } else { "archive.layout" };
+            findings.push(err(&name, rule, NOT_FOUND.into(), &fix));
+        }
+    }
+    Revision { items, stripped, findings }
+}
+
+impl Revision {
+    /// Follows symlinks inside the revision to the item at `path` (a path relative to the root,
+    /// a leading `/` allowed as the agent's `File.join` allows it).
+    pub fn resolve(&self, path: &str) -> Option<(String, &Item)> {
+        let mut current: Vec<String> = Vec::new();
+        let mut pending: Vec<String> = path.split('/').rev().map(str::to_owned).collect();
+        let mut hops = 0;
+        while let Some(part) = pending.pop() {
+            match part.as_str() {
+                "" | "." => continue,
+                ".." => {
+                    current.pop()?;
+                    continue;
+                }
+                _ => {}
+            }
+            current.push(part);
+            let joined = current.join("/");
+            let item = self.items.get(&joined)?;
+            if let Kind::Symlink { target } = &item.kind {
+                hops += 1;
+                if hops > 40 {
+                    return None;
+                }
+                current.pop();
+                for p in target.split('/').rev() {
+                    pending.push(p.to_owned());
+                }
+            }
+        }
+        let joined = current.join("/");
+        if joined.is_empty() {
+            return None;
+        }
+        self.items.get(&joined).map(|item| (joined, item))
+    }
+
+    /// The bytes of a file (following symlinks), when they were kept.
+    pub fn data(&self, path: &str) -> Option<&[u8]> {
+        match self.resolve(path) {
+            Some((_, Item { kind: Kind::File { data: Some(data), .. }, .. })) => Some(data),
+            _ => None,
+        }
+    }
+
+    /// True when some finding is an error.
+    pub fn has_errors(&self) -> bool {
+        self.findings.iter().any(Finding::is_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_paths() {
+        assert_eq!(normalize(b"./a/b", "x").unwrap(), Some("a/b".into()));
+        assert_eq!(normalize(b"./", "x").unwrap(), None);
+        assert_eq!(normalize(b"dir/", "x").unwrap(), Some("dir".into()));
+        assert_eq!(normalize(b"a/../../b", "x").unwrap_err().rule, "archive.path-traversal");
+        assert_eq!(normalize(b"/etc/passwd", "x").unwrap_err().rule, "archive.absolute-path");
+        assert_eq!(normalize(b"a//b", "x").unwrap_err().rule, "archive.path-not-normalized");
+        assert_eq!(normalize(b"a\xff", "x").unwrap_err().rule, "archive.path-encoding");
+    }
+
+    #[test]
+    fn link_targets() {
+        assert_eq!(normalize_link_target("a/../b"), Some("b".into()));
+        assert_eq!(normalize_link_target("../b"), None);
+        assert_eq!(normalize_link_target("/etc/passwd"), None);
+    }
+}
