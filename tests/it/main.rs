@@ -1,3 +1,4 @@
 //! End-to-end tests across crates, with real parts: cargo, GNU tar, qemu, systemd-analyze.
 
 mod bundle;
+mod container;

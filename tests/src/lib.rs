@@ -1,6 +1,8 @@
 //! Support for the end-to-end tests: building bundles with the real `cargo xtask bundle`,
 //! sandboxes laid out as the CodeDeploy agent lays out an instance, and running real binaries.
 
+pub mod container;
+
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output},
