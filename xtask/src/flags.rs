@@ -20,6 +20,38 @@ pub enum Command {
     /// The last line on stdout is the bundle's path (one line per bundle with --target all).
     /// The archive's mtime is $SOURCE_DATE_EPOCH, else the last commit's time, never the clock.
     Bundle(Bundle),
+    /// Check a CodeDeploy EC2/on-prem revision (a .tgz or .tar bundle, or an extracted
+    /// directory) the way the agent and the instance will read it.
+    ///
+    /// Reports every finding as `file:line:col: severity[rule]: message (fix: ...)`, then a
+    /// summary line. Exit status: 0 no errors (warnings allowed), 1 errors, 2 could not run.
+    Verify(Verify),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Verify {
+    /// The revision: a .tgz or .tar bundle, or an extracted directory.
+    pub path: PathBuf,
+    /// Print the findings as a JSON array (file, line, column, rule, severity, message, fix).
+    #[arg(long)]
+    pub json: bool,
+    /// The instances' architecture, for ELF hooks [default: deploy/release.yaml's arch].
+    #[arg(long, value_enum)]
+    pub arch: Option<Arch>,
+    /// Cap on the expanded size of the archive, in bytes; more is reported as a gzip bomb.
+    #[arg(long, value_name = "BYTES", default_value_t = 2 << 30)]
+    pub max_expanded: u64,
+    /// Rehearse the whole lifecycle in a sandbox (not available yet).
+    #[arg(long)]
+    pub rehearse: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Arch {
+    #[value(name = "x86_64")]
+    X86_64,
+    #[value(name = "aarch64")]
+    Aarch64,
 }
 
 #[derive(Debug, clap::Args)]

@@ -3,6 +3,7 @@
 mod bundle;
 mod elf;
 mod flags;
+pub mod verify;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -21,6 +22,7 @@ pub fn main() -> ExitCode {
     let flags = flags::Xtask::parse();
     let res = match flags.command {
         flags::Command::Bundle(cmd) => cmd.run(),
+        flags::Command::Verify(cmd) => return cmd.run(),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
