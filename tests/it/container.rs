@@ -4,6 +4,7 @@
 use std::{
     fs,
     os::unix::fs::PermissionsExt as _,
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -108,5 +109,37 @@ fn container_boots_systemd_and_serves_hypercorn_from_the_wheelhouse() -> Result<
     // --volatile=overlay: nothing written inside reached the shared rootfs.
     ensure!(!rootfs.join("home").join(APP_USER).join("venv").exists(), "the container wrote into the rootfs");
     println!("container smoke test total: {:.2?}", total.elapsed());
+    Ok(())
+}
+
+/// Two containers at once (as parallel tests boot them): powering one off must not touch the
+/// other's units, and nothing of either outlives its drop.
+#[test]
+fn containers_side_by_side_do_not_touch_each_other() -> Result<()> {
+    let total = Instant::now();
+    let Some(a) = container::boot_or_skip("container-a", &[])? else {
+        return Ok(());
+    };
+    let Some(b) = container::boot_or_skip("container-b", &[])? else {
+        return Ok(());
+    };
+    ensure!(a.init_pid() != b.init_pid() && a.name() != b.name(), "one container booted twice");
+    for ct in [&a, &b] {
+        ct.exec_ok(&["systemd-run", "--unit=sleeper", "--property=Type=exec", "/bin/sleep", "infinity"])?;
+    }
+    let (a_init, b_init) = (a.init_pid(), b.init_pid());
+    // Each systemd owns a cgroup tree of its own; shared, one would see the other's processes
+    // in its units' cgroups.
+    let cgroup = |pid: u32| fs::read_to_string(format!("/proc/{pid}/cgroup"));
+    let (a_cg, b_cg) = (cgroup(a_init)?, cgroup(b_init)?);
+    ensure!(a_cg != b_cg, "both containers' systemd in the same cgroups:\n{a_cg}");
+    drop(a);
+    ensure!(!Path::new(&format!("/proc/{a_init}")).exists(), "container a's init outlived its drop");
+    let state = b.exec(&["systemctl", "is-active", "sleeper", "systemd-journald"])?;
+    let state = String::from_utf8_lossy(&state.stdout);
+    ensure!(state.split_whitespace().eq(["active", "active"]), "b's units after a's power off: {state:?}");
+    drop(b);
+    ensure!(!Path::new(&format!("/proc/{b_init}")).exists(), "container b's init outlived its drop");
+    println!("two containers, boot to power off: {:.2?}", total.elapsed());
     Ok(())
 }
