@@ -205,7 +205,7 @@ fn check_root(root: &Node, ctx: &mut Ctx) -> Spec {
                     "write `version: 0.0`"
                 };
                 ctx.error(v, "appspec.version", version_message(&v.ruby_to_s()), fix);
-            } else if v.raw != "0.0" {
+            } else if v.raw.rsplit(' ').next() != Some("0.0") {
                 ctx.warn(
                     v,
                     "appspec.version",

@@ -384,8 +384,9 @@ pub fn load(text: &str) -> Loaded {
             },
         }
     }
-    let _ = syntax_error;
-    check_tabs(&mut b);
+    if !syntax_error {
+        check_tabs(&mut b);
+    }
     let mut findings = b.findings;
     if let Some(root) = &root {
         check_duplicates(root, &mut findings);
@@ -462,8 +463,7 @@ fn check_tabs(b: &mut Builder<'_>) {
             if rest.is_empty() || rest.starts_with('#') {
                 continue;
             }
-            let already = b.findings.iter().any(|f| f.rule == "yaml.syntax" && f.line == Some(line_no));
-            if !already {
+            {
                 b.findings.push(finding(
                     "yaml.tab",
                     Severity::Error,

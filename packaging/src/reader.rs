@@ -442,8 +442,11 @@ fn read_tar(stream: Box<dyn Read>, gzip: bool, c: &mut Collector<'_>) {
                 continue;
             }
         };
-        c.check_mode(&shown, mode, uid, gid);
         use tar::EntryType as T;
+        if matches!(kind, T::Regular | T::Continuous | T::Directory) {
+            // Link modes are meaningless (a symlink is 0777, a hard link shares its target's).
+            c.check_mode(&shown, mode, uid, gid);
+        }
         let item_kind = match kind {
             T::Regular | T::Continuous => {
                 if size > c.limits.max_entry {

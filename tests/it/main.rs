@@ -2,3 +2,4 @@
 
 mod bundle;
 mod container;
+mod verify;
