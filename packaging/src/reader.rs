@@ -626,6 +626,21 @@ fn finish(c: Collector<'_>) -> Revision {
             p = parent;
         }
     }
+    for (path, item) in &items {
+        if item.kind == Kind::Dir {
+            continue;
+        }
+        let prefix = format!("{path}/");
+        if let Some((below, _)) = items.range(prefix.clone()..).next().filter(|(k, _)| k.starts_with(&prefix))
+        {
+            findings.push(err(
+                below,
+                "archive.path-conflict",
+                format!("{path} is not a directory, so {below} cannot be extracted"),
+                "ship either the file or the directory of that name",
+            ));
+        }
+    }
     let top: BTreeSet<&str> = items.keys().map(|k| k.split('/').next().unwrap_or(k)).collect();
     let mut stripped = None;
     if top.len() == 1 {

@@ -215,6 +215,25 @@ fn exit_codes_and_json() {
 }
 
 #[test]
+fn json_output_snapshot() {
+    let mut members = simple();
+    members[2] = Member::file("scripts/install.sh", 0o755, b"#!/bin/sh\r\necho hi\r\n");
+    let report = verify_members(&members);
+    expect_test::expect![[r#"
+        [
+          {
+            "column": 10,
+            "file": "scripts/install.sh",
+            "fix": "convert the script to LF line endings (dos2unix)",
+            "line": 1,
+            "message": "CRLF line endings: the kernel reads the interpreter as `…\\r` (\"bad interpreter\") and the shell sees `\\r` in every command",
+            "rule": "hook.crlf",
+            "severity": "error"
+          }
+        ]"#]].assert_eq(&report.render_json());
+}
+
+#[test]
 fn human_output_snapshot() {
     let appspec = "version: \"0.0\"\nos: linux\nhooks:\n  AfterInstal:\n  - location: scripts/install.sh\n    timeout: 7200\npermissions:\n  - object: /opt/app\n    mode: 0644\n";
     let mut members = simple();

@@ -561,13 +561,24 @@ fn systemd_analyze(file: &str, unit_name: &str, text: &str) -> Vec<Finding> {
         })
         .map(|line| {
             let line = line.replace(&format!("{}/", dir.path().display()), "");
-            Finding::file(
-                file,
-                "unit.systemd-analyze",
-                Severity::Error,
-                format!("systemd-analyze verify: {line}"),
-                "fix the unit so `systemd-analyze verify` prints nothing",
-            )
+            // `NAME:LINE: message` points into the unit; other lines are about the whole unit.
+            let at_line = line
+                .strip_prefix(&format!("{unit_name}:"))
+                .and_then(|rest| rest.split_once(": "))
+                .and_then(|(n, message)| Some((n.parse::<usize>().ok()?, message.to_owned())));
+            let finding = |message: &str| {
+                Finding::file(
+                    file,
+                    "unit.systemd-analyze",
+                    Severity::Error,
+                    format!("systemd-analyze verify: {message}"),
+                    "fix the unit so `systemd-analyze verify` prints nothing",
+                )
+            };
+            match at_line {
+                Some((n, message)) => finding(&message).at(n, 1),
+                None => finding(&line),
+            }
         })
         .collect()
 }

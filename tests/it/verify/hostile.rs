@@ -432,3 +432,28 @@ fn unreadable_input_is_an_error_not_a_report() {
     assert!(verify(&path, &Options::default()).is_err());
     assert!(verify(std::path::Path::new("/nonexistent/bundle.tgz"), &Options::default()).is_err());
 }
+
+#[test]
+fn a_file_where_a_directory_is_needed() {
+    let members = with(vec![Member::file("scripts/install.sh/x", 0o644, b"x")]);
+    assert_error(&verify_members(&members), "archive.path-conflict");
+}
+
+#[test]
+fn systemd_analyze_output_is_a_finding() {
+    let mut members = ours();
+    let unit = content(&members, "configs/python-app.service");
+    let line = unit.lines().position(|l| l.starts_with("Restart=")).expect("a Restart= line") + 1;
+    let unit = unit.replace("Restart=on-failure", "Restart=sometimes");
+    replace(&mut members, "configs/python-app.service", unit.as_bytes());
+    let report = verify_bytes(
+        "bundle.tgz",
+        &gzip(&tar_bytes(&members)),
+        &Options { systemd_analyze: true, ..Options::default() },
+    );
+    let found = report.findings.iter().find(|f| f.rule == "unit.systemd-analyze").unwrap_or_else(|| {
+        panic!("systemd-analyze (installed on our machines) reports the bad Restart=: {:?}", rules(&report))
+    });
+    assert_eq!((found.file.as_str(), found.line), ("configs/python-app.service", Some(line)));
+    assert!(found.message.contains("sometimes"), "{found}");
+}
