@@ -1,8 +1,18 @@
 //! The instance side: what `deploy-hook` does when the CodeDeploy agent runs it.
 //!
 //! The agent runs `<deployment-archive>/bin/deploy-hook` with no arguments and the lifecycle
-//! event in `$LIFECYCLE_EVENT`; a person runs it with a subcommand.
+//! event in `$LIFECYCLE_EVENT`; a person runs it with a subcommand. See ARCHITECTURE.md.
 
+mod after_install;
+mod child;
 mod cli;
+mod context;
+mod journal;
+mod prune;
+mod service;
+mod store;
+mod users;
+mod util;
+mod venv;
 
 pub use cli::main;

@@ -1,5 +1,6 @@
 //! End-to-end tests across crates, with real parts: cargo, GNU tar, qemu, systemd-analyze.
 
+mod after_install;
 mod bundle;
 mod container;
 mod verify;

@@ -2,6 +2,7 @@
 //! sandboxes laid out as the CodeDeploy agent lays out an instance, and running real binaries.
 
 pub mod container;
+pub mod sandbox;
 
 use std::{
     path::{Path, PathBuf},

@@ -1,0 +1,433 @@
+//! AfterInstall: the seed's job done right. Lock, verify the archive, stage the release with
+//! ownership set as files are written, build or reuse the venv, check imports, run post-install
+//! commands, mark it ready, install the unit only when it changed, switch `current` atomically,
+//! prune.
+
+use std::{
+    fs, io,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink},
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use packaging::{
+    Manifest,
+    config::Release,
+    layout,
+    manifest::{EXECUTABLE, SYMLINK},
+};
+
+use crate::{
+    child::{self, Spawn},
+    context::{Ctx, Revision},
+    journal::{Journal, Record, State, states},
+    prune,
+    store::{Lock, STAGING_PREFIX, Store, write_atomic},
+    users,
+    util::{Log, fsync_dir, now},
+    venv,
+};
+
+/// Seconds to wait for another hook's lock: `DEPLOY_HOOK_LOCK_WAIT`, default 600.
+pub fn lock_wait() -> Duration {
+    let secs = std::env::var("DEPLOY_HOOK_LOCK_WAIT").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
+    Duration::from_secs(secs)
+}
+
+/// Opens the store of `release` under `ctx.root`, resolving the app user.
+pub fn open_store(ctx: &Ctx, release: &Release) -> anyhow::Result<Store> {
+    let ids = users::resolve(&ctx.root, release.user.as_str(), release.group.as_str())?;
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root && ids.uid != unsafe { libc::geteuid() } {
+        bail!("run as root or as the app user {} (uid {})", release.user, ids.uid);
+    }
+    Ok(Store { app_root: ctx.host(release.app_root.as_str()), owner: root.then_some(ids) })
+}
+
+/// Where a file of the revision goes in the release, if it goes at all.
+fn release_path(bundle_path: &str) -> Option<String> {
+    if let Some(rest) = bundle_path.strip_prefix("src/") {
+        return Some(rest.to_owned());
+    }
+    if bundle_path == layout::HOOK {
+        return Some("deploy/deploy-hook".into());
+    }
+    let top = bundle_path.split('/').next()?;
+    matches!(top, "configs" | "dependencies" | "deploy").then(|| bundle_path.to_owned())
+}
+
+/// Copies the revision's files into `staging`, owned by the app user, never following links.
+fn stage_files(
+    store: &Store,
+    revision: &Revision,
+    manifest: &Manifest,
+    staging: &Path,
+) -> anyhow::Result<usize> {
+    let mut entries: Vec<(String, u32, PathBuf)> = manifest
+        .entries
+        .iter()
+        .filter_map(|e| release_path(&e.path).map(|dest| (dest, e.mode, revision.dir.join(&e.path))))
+        .collect();
+    entries.push(("deploy/MANIFEST".into(), 0o100644, revision.dir.join(layout::MANIFEST)));
+    let mut count = 0;
+    for (dest, mode, source) in entries {
+        let target = staging.join(&dest);
+        let mut parent = PathBuf::from(staging);
+        for part in Path::new(&dest).parent().into_iter().flat_map(Path::components) {
+            parent.push(part);
+            store.mkdir(&parent, 0o755)?;
+        }
+        if mode == SYMLINK {
+            let link = fs::read_link(&source)?;
+            symlink(&link, &target).with_context(|| format!("cannot create {}", target.display()))?;
+            store.own(&target)?;
+        } else {
+            let perm = if mode == EXECUTABLE { 0o755 } else { 0o644 };
+            let mut from =
+                fs::File::open(&source).with_context(|| format!("cannot read {}", source.display()))?;
+            let mut to = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(perm)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&target)
+                .with_context(|| format!("cannot create {}", target.display()))?;
+            io::copy(&mut from, &mut to).with_context(|| format!("cannot copy to {}", target.display()))?;
+            to.set_permissions(fs::Permissions::from_mode(perm))?;
+            if let Some(ids) = store.owner {
+                std::os::unix::fs::fchown(&to, Some(ids.uid), Some(ids.gid))?;
+            }
+        }
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// `../` repeated for the depth of `rel`'s parent, then `../../shared/<rel>`.
+fn shared_link(rel: &str) -> String {
+    let depth = rel.matches('/').count();
+    format!("{}../../shared/{rel}", "../".repeat(depth))
+}
+
+/// `.env`, shared files and dirs, `.venv` and `REVISION`.
+fn link_release(
+    store: &Store,
+    release: &Release,
+    revision: &str,
+    staging: &Path,
+    log: &Log,
+) -> anyhow::Result<()> {
+    let env = staging.join(".env");
+    if store.shared().join(".env").exists() {
+        symlink("../../shared/.env", &env)?;
+        store.own(&env)?;
+        log.info(".env links to shared/.env");
+    } else {
+        let sample = fs::read(staging.join(layout::SAMPLE_ENV))?;
+        write_atomic(&env, &sample, 0o600)?;
+        store.own(&env)?;
+        log.info(".env installed from configs/sample.env with mode 0600 (create shared/.env to keep one across releases)");
+    }
+    for rel in &release.shared_files {
+        let (shared, in_release) = (store.shared().join(rel.as_str()), staging.join(rel.as_str()));
+        if !shared.exists() {
+            if in_release.is_file() {
+                ensure_parents(store, &store.shared(), rel.as_str())?;
+                fs::copy(&in_release, &shared)?;
+                store.own(&shared)?;
+                log.info(format!("shared/{rel} seeded from the release"));
+            } else {
+                bail!(
+                    "shared file shared/{rel} does not exist and the release has none to seed it; create it"
+                );
+            }
+        }
+        ensure_parents(store, staging, rel.as_str())?;
+        remove_any(&in_release)?;
+        symlink(shared_link(rel.as_str()), &in_release)?;
+        store.own(&in_release)?;
+    }
+    for rel in &release.shared_dirs {
+        let (shared, in_release) = (store.shared().join(rel.as_str()), staging.join(rel.as_str()));
+        ensure_parents(store, &store.shared(), rel.as_str())?;
+        store.mkdir(&shared, 0o750)?;
+        ensure_parents(store, staging, rel.as_str())?;
+        remove_any(&in_release)?;
+        symlink(shared_link(rel.as_str()), &in_release)?;
+        store.own(&in_release)?;
+    }
+    let venv_link = staging.join(".venv");
+    symlink(format!("../../venvs/{}", release.venv_key), &venv_link)?;
+    store.own(&venv_link)?;
+    let rev_file = staging.join("REVISION");
+    write_atomic(&rev_file, format!("{revision}\n").as_bytes(), 0o644)?;
+    store.own(&rev_file)?;
+    Ok(())
+}
+
+fn ensure_parents(store: &Store, base: &Path, rel: &str) -> anyhow::Result<()> {
+    let mut dir = base.to_path_buf();
+    for part in Path::new(rel).parent().into_iter().flat_map(Path::components) {
+        dir.push(part);
+        store.mkdir(&dir, 0o755)?;
+    }
+    Ok(())
+}
+
+fn remove_any(path: &Path) -> anyhow::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path)?,
+        Ok(_) => fs::remove_file(path)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+/// Reads `KEY=VALUE` lines of an EnvironmentFile (comments and blanks skipped, one level of
+/// quotes removed), for the import check and post-install commands.
+pub fn read_env_file(path: &Path) -> Vec<(String, String)> {
+    let Ok(text) = fs::read_to_string(path) else { return Vec::new() };
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'))
+        .filter_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+                .unwrap_or(v);
+            Some((k.trim().to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+/// A command run as the app user in `dir`, the venv first on PATH, the release's .env loaded.
+fn release_command(store: &Store, release: &Release, dir: &Path, program: &str) -> Command {
+    let venv = store.venvs().join(&release.venv_key);
+    let mut cmd = Command::new(program);
+    cmd.env_clear()
+        .envs(read_env_file(&dir.join(".env")))
+        .envs(venv::child_env(store, Some(&venv.join("bin"))))
+        .env("VIRTUAL_ENV", &venv)
+        // The release stays as shipped: no __pycache__ written into it.
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .current_dir(dir);
+    cmd
+}
+
+/// Installs the release's unit into `<root>/etc/systemd/system` when its bytes differ, then
+/// reloads systemd. Returns whether it changed.
+pub fn install_unit(
+    ctx: &Ctx,
+    store: &Store,
+    release: &Release,
+    release_dir: &Path,
+    log: &Log,
+) -> anyhow::Result<bool> {
+    let unit = release.unit.as_str();
+    let wanted = fs::read(release_dir.join(layout::unit(unit)))
+        .with_context(|| format!("cannot read the unit {unit} of the release"))?;
+    let dest_dir = ctx.host("/etc/systemd/system");
+    let dest = dest_dir.join(unit);
+    if fs::read(&dest).ok().as_deref() == Some(wanted.as_slice()) {
+        return Ok(false);
+    }
+    fs::create_dir_all(&dest_dir).with_context(|| format!("cannot create {}", dest_dir.display()))?;
+    write_atomic(&dest, &wanted, 0o644)?;
+    if store.owner.is_some() {
+        std::os::unix::fs::lchown(&dest, Some(0), Some(0))?;
+    }
+    log.info(format!("installed {}", dest.display()));
+    ctx.manager.systemctl(log, &["daemon-reload"])?;
+    Ok(true)
+}
+
+/// Runs AfterInstall for `revision` with the deployment id `deployment_id`; returns the verdict.
+pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -> anyhow::Result<String> {
+    let release = &revision.release;
+    let rev = revision.id.as_str();
+    let store = log.step("resolve user and app root", |_| open_store(ctx, release))?;
+    log.step("prepare app root", |_| store.ensure_layout())?;
+    let holder =
+        format!("pid {} (deployment {deployment_id}, AfterInstall, since {})", std::process::id(), now());
+    let _lock = log.step("lock", |log| {
+        Lock::acquire(&store.app_root.join(".lock"), &holder, lock_wait(), &|m| log.info(m))
+    })?;
+    log.step("clean unfinished", |log| {
+        for path in store.clean_unfinished()? {
+            log.info(format!("removed {path}, left by an interrupted run"));
+        }
+        Ok(())
+    })?;
+    let manifest = log.step("verify revision", |_| {
+        let manifest = Manifest::parse(&revision.manifest_text)?;
+        manifest.verify_tree(&revision.dir)?;
+        Ok(manifest)
+    })?;
+    let journal = Journal::new(&store.app_root);
+    let records = journal.read()?;
+    let release_dir = store.release(rev);
+    let known = matches!(states(&records).get(rev), Some(State::Ready | State::Live | State::Bad))
+        && release_dir.is_dir();
+    let logs_file = store.logs().join(format!("{deployment_id}.log"));
+    let venv_note;
+    if known {
+        log.info(format!("release {rev} is already built: a flip, not a rebuild"));
+        venv_note = "flip";
+    } else {
+        if release_dir.exists() {
+            // Renamed into place but never recorded: a crash between the two. Build it again.
+            fs::remove_dir_all(&release_dir)?;
+        }
+        let staging = store.releases().join(format!("{STAGING_PREFIX}{rev}-{}", std::process::id()));
+        let guard = venv::RemoveOnDrop(Some(staging.clone()));
+        let built = (|| -> anyhow::Result<&'static str> {
+            log.step("stage release", |log| {
+                store.mkdir(&staging, 0o755)?;
+                let n = stage_files(&store, revision, &manifest, &staging)?;
+                link_release(&store, release, rev, &staging, log)?;
+                log.info(format!("{n} files copied into {}", staging.display()));
+                Ok(())
+            })?;
+            let outcome = log.step("python environment", |log| {
+                let python = PathBuf::from(release.python.as_str());
+                venv::ensure(&store, release, &python, &staging.join(layout::REQUIREMENTS), &logs_file, log)
+            })?;
+            log.step("import check", |_| {
+                let module = release_module(&staging)?;
+                let mut cmd = release_command(&store, release, &staging, "python");
+                cmd.args([
+                    "-c",
+                    "import importlib, sys; import hypercorn; importlib.import_module(sys.argv[1])",
+                    &module,
+                ]);
+                child::run(
+                    cmd,
+                    Spawn {
+                        what: "the import check",
+                        ids: store.owner,
+                        timeout: Duration::from_secs(120),
+                        log: &logs_file,
+                    },
+                )
+            })?;
+            for post in &release.post_install {
+                log.step(&format!("post-install {}", post.name), |_| {
+                    let mut cmd = release_command(&store, release, &staging, post.run[0].as_str());
+                    cmd.args(post.run[1..].iter().map(|a| a.as_str()))
+                        .env("DEPLOY_REVISION", rev)
+                        .env("DEPLOYMENT_ID", deployment_id);
+                    let what = format!("post-install command {:?}", post.name.as_str());
+                    let spawn = Spawn {
+                        what: &what,
+                        ids: store.owner,
+                        timeout: Duration::from_secs(post.timeout.into()),
+                        log: &logs_file,
+                    };
+                    child::run(cmd, spawn)
+                })?;
+            }
+            log.step("mark ready", |_| {
+                fs::rename(&staging, &release_dir).with_context(|| {
+                    format!("cannot rename {} to {}", staging.display(), release_dir.display())
+                })?;
+                fsync_dir(&store.releases())?;
+                Ok(())
+            })?;
+            Ok(match outcome {
+                venv::Outcome::Reused => "venv reused",
+                venv::Outcome::Built("uv") => "venv built with uv",
+                venv::Outcome::Built(_) => "venv built with pip",
+            })
+        })();
+        match built {
+            Ok(note) => {
+                std::mem::forget(guard);
+                venv_note = note;
+                journal.append(&record(deployment_id, rev, State::Ready, log, release, None))?;
+            }
+            Err(err) => {
+                drop(guard);
+                let _ = journal.append(&record(
+                    deployment_id,
+                    rev,
+                    State::Failed,
+                    log,
+                    release,
+                    Some(format!("{err:#}")),
+                ));
+                return Err(err);
+            }
+        }
+    }
+    log.step("install unit", |log| install_unit(ctx, &store, release, &release_dir, log))?;
+    let previous = store.current_revision();
+    let switched = log.step("switch current", |log| store.switch_current(rev, &|m| log.info(m)))?;
+    let last_live = records.iter().rev().find(|r| r.state == State::Live);
+    let same_deployment = last_live.is_some_and(|r| r.revision == rev && r.deployment_id == deployment_id);
+    if switched || !same_deployment {
+        let message = previous.as_deref().filter(|p| *p != rev).map(|p| format!("previous {p}"));
+        journal.append(&record(deployment_id, rev, State::Live, log, release, message))?;
+    }
+    if let Err(err) = log.step("prune", |log| prune::prune(&store, &journal, release.keep_releases, log)) {
+        log.info(format!("warning: pruning failed, the deploy stands: {err:#}"));
+    }
+    let secs = log.elapsed().as_secs_f64();
+    Ok(if !switched && same_deployment && known {
+        format!(
+            "after-install ok: revision {rev} already live (deployment {deployment_id}), nothing to do, {secs:.1}s"
+        )
+    } else {
+        let from = match previous {
+            Some(p) if p != rev => format!(", previous {p}"),
+            _ => String::new(),
+        };
+        format!(
+            "after-install ok: revision {rev} live (deployment {deployment_id}) in {secs:.1}s, {venv_note}{from}"
+        )
+    })
+}
+
+/// The module of the service's ASGI app, from the rendered unit's last ExecStart word.
+fn release_module(staging: &Path) -> anyhow::Result<String> {
+    let hypercorn = staging.join("configs");
+    for entry in fs::read_dir(&hypercorn)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "service") {
+            let text = fs::read_to_string(&path)?;
+            if let Some(exec) = text.lines().find_map(|l| l.strip_prefix("ExecStart=")) {
+                let last = exec.rsplit(' ').next().unwrap_or("").trim_matches('"');
+                if let Some((module, _)) = last.split_once(':') {
+                    return Ok(module.to_owned());
+                }
+            }
+        }
+    }
+    bail!("cannot find the ASGI app in the release's unit")
+}
+
+fn record(
+    deployment_id: &str,
+    rev: &str,
+    state: State,
+    log: &Log,
+    release: &Release,
+    message: Option<String>,
+) -> Record {
+    Record {
+        time: now(),
+        deployment_id: deployment_id.to_owned(),
+        revision: rev.to_owned(),
+        event: "AfterInstall".into(),
+        state,
+        steps: log.steps.iter().cloned().collect(),
+        venv: Some(release.venv_key.clone()),
+        message,
+    }
+}

@@ -1,0 +1,118 @@
+//! Running child processes: as the app user, in a process group of their own, with a timeout,
+//! stopped when the hook receives SIGTERM. Output goes to a log file; its tail is shown on failure.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Seek, SeekFrom},
+    os::unix::process::{CommandExt, ExitStatusExt},
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, format_err};
+
+use crate::{users::Ids, util::interrupted};
+
+/// How a child runs.
+pub struct Spawn<'a> {
+    /// A short name for messages.
+    pub what: &'a str,
+    /// Drop to this user and group (only when the hook runs as root).
+    pub ids: Option<Ids>,
+    /// Seconds before the child's group is killed.
+    pub timeout: Duration,
+    /// Where its stdout and stderr go (appended).
+    pub log: &'a Path,
+}
+
+/// Runs `cmd` to completion. Fails on a non-zero exit, a timeout or SIGTERM, showing the last
+/// lines of its output.
+pub fn run(mut cmd: Command, spawn: Spawn<'_>) -> anyhow::Result<()> {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(spawn.log)
+        .with_context(|| format!("cannot open {}", spawn.log.display()))?;
+    let start_offset = log.metadata().map(|m| m.len()).unwrap_or(0);
+    cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).process_group(0);
+    if let Some(ids) = spawn.ids {
+        cmd.uid(ids.uid).gid(ids.gid);
+    }
+    // A child never outlives a hook killed with SIGKILL: it would go on writing into a venv or
+    // a release that the next run removes.
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: prctl and getppid are async-signal-safe; nothing is allocated.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != parent {
+                return Err(std::io::Error::other("the hook died while starting a child"));
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().with_context(|| format!("cannot start {}", spawn.what))?;
+    let pgid = child.id() as libc::pid_t;
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        let cause = if interrupted() {
+            Some("stopped: the hook was interrupted by a signal".to_owned())
+        } else if started.elapsed() > spawn.timeout {
+            Some(format!("timed out after {}s", spawn.timeout.as_secs()))
+        } else {
+            None
+        };
+        if let Some(cause) = cause {
+            kill_group(pgid, &mut child);
+            return Err(format_err!("{} {cause}{}", spawn.what, tail(spawn.log, start_offset)));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if status.success() {
+        return Ok(());
+    }
+    let how = match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        _ => "failed".to_owned(),
+    };
+    Err(format_err!("{} {how}{}", spawn.what, tail(spawn.log, start_offset)))
+}
+
+/// SIGTERM to the group, then SIGKILL after 5 s.
+fn kill_group(pgid: libc::pid_t, child: &mut std::process::Child) {
+    // SAFETY: plain syscalls on a process group we created.
+    unsafe { libc::kill(-pgid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    let _ = child.wait();
+}
+
+/// The last lines the child wrote, indented, for an error message.
+fn tail(log: &Path, from: u64) -> String {
+    let Ok(mut file) = fs::File::open(log) else { return String::new() };
+    if file.seek(SeekFrom::Start(from)).is_err() {
+        return String::new();
+    }
+    let lines: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
+    let last: Vec<&String> = lines.iter().rev().take(12).collect();
+    if last.is_empty() {
+        return String::new();
+    }
+    let mut out = format!("; last output (full log: {}):", log.display());
+    for line in last.into_iter().rev() {
+        out.push_str("\n    ");
+        out.push_str(line);
+    }
+    out
+}

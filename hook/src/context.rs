@@ -1,0 +1,71 @@
+//! What every event starts from: the sandbox root, the revision the binary belongs to, its
+//! resolved configuration and manifest, and the agent's environment.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, format_err};
+use appspec::HookEnv;
+use packaging::{Manifest, Release, layout};
+
+use crate::service::Manager;
+
+/// The revision this binary was shipped in.
+pub struct Revision {
+    /// The extracted archive (`.../deployment-archive`).
+    pub dir: PathBuf,
+    /// deploy/release.yaml.
+    pub release: Release,
+    /// deploy/MANIFEST's text.
+    pub manifest_text: String,
+    /// The revision id, from the manifest.
+    pub id: String,
+}
+
+impl Revision {
+    /// The revision whose `bin/deploy-hook` (or `deploy/deploy-hook` in a release) is running.
+    pub fn of_this_binary() -> anyhow::Result<Revision> {
+        let exe = std::env::current_exe().context("cannot find the path of this binary")?;
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .ok_or_else(|| format_err!("{} is not inside a revision", exe.display()))?;
+        Revision::load(dir)
+    }
+
+    /// Reads the revision extracted at `dir`.
+    pub fn load(dir: &Path) -> anyhow::Result<Revision> {
+        let release_path = dir.join(layout::RELEASE_YAML);
+        let text = fs::read_to_string(&release_path).with_context(|| {
+            format!("cannot read {} (is this binary inside a revision?)", release_path.display())
+        })?;
+        let release = Release::parse(&release_path, &text)?;
+        let manifest_path = dir.join(layout::MANIFEST);
+        let manifest_text = fs::read_to_string(&manifest_path)
+            .with_context(|| format!("cannot read {}", manifest_path.display()))?;
+        let id = Manifest::revision_id(&manifest_text);
+        Ok(Revision { dir: dir.to_owned(), release, manifest_text, id })
+    }
+}
+
+/// Options every command shares.
+pub struct Ctx {
+    /// Every instance-side absolute path lives under this (`/` on an instance).
+    pub root: PathBuf,
+    /// How services are driven.
+    pub manager: Manager,
+}
+
+impl Ctx {
+    /// The host path of an instance path.
+    pub fn host(&self, abs: &str) -> PathBuf {
+        self.root.join(abs.trim_start_matches('/'))
+    }
+}
+
+/// The agent's environment, validated.
+pub fn hook_env() -> anyhow::Result<HookEnv> {
+    Ok(HookEnv::from_lookup(|name| std::env::var(name).ok())?)
+}

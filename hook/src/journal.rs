@@ -1,0 +1,125 @@
+//! `<app_root>/journal.jsonl`: the append-only record of deployments and release states, and the
+//! only source of order (never file times).
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+/// A release's state, as the last record for its revision says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Built and checked; not (yet) live.
+    Ready,
+    /// `current` points at it.
+    Live,
+    /// Building it failed; it never went live.
+    Failed,
+    /// It went live and failed its health check, or was marked bad by hand.
+    Bad,
+    /// Removed by pruning.
+    Pruned,
+}
+
+/// One line of the journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// RFC 3339 UTC.
+    pub time: String,
+    /// The CodeDeploy deployment id, or `manual` for commands run by hand.
+    pub deployment_id: String,
+    /// The release's revision id.
+    pub revision: String,
+    /// The lifecycle event or command.
+    pub event: String,
+    /// The release's new state.
+    pub state: State,
+    /// Seconds per step.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub steps: BTreeMap<String, f64>,
+    /// The venv the release uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub venv: Option<String>,
+    /// Why, for failures and flips.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The journal file.
+pub struct Journal {
+    path: PathBuf,
+}
+
+impl Journal {
+    /// The journal of the app root `app_root`.
+    pub fn new(app_root: &Path) -> Journal {
+        Journal { path: app_root.join("journal.jsonl") }
+    }
+
+    /// Every record, oldest first. A torn last line (a crash mid-write) is skipped.
+    pub fn read(&self) -> anyhow::Result<Vec<Record>> {
+        let file = match fs::File::open(&self.path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", self.path.display())),
+        };
+        let mut out = Vec::new();
+        for line in BufReader::new(file).lines() {
+            let line = line.with_context(|| format!("cannot read {}", self.path.display()))?;
+            if let Ok(record) = serde_json::from_str(&line) {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Appends `record` and fsyncs.
+    pub fn append(&self, record: &Record) -> anyhow::Result<()> {
+        let mut line = serde_json::to_string(record)?;
+        line.push('\n');
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .with_context(|| format!("cannot open {}", self.path.display()))?;
+        // A torn line from a crash must not glue itself to this one.
+        if file.metadata()?.len() > 0 {
+            let mut last = [0u8];
+            use std::os::unix::fs::FileExt;
+            file.read_exact_at(&mut last, file.metadata()?.len() - 1)?;
+            if last[0] != b'\n' {
+                line.insert(0, '\n');
+            }
+        }
+        file.write_all(line.as_bytes())?;
+        file.sync_all().with_context(|| format!("cannot write {}", self.path.display()))?;
+        Ok(())
+    }
+}
+
+/// The last state of each revision.
+pub fn states(records: &[Record]) -> BTreeMap<&str, State> {
+    let mut out = BTreeMap::new();
+    for r in records {
+        out.insert(r.revision.as_str(), r.state);
+    }
+    out
+}
+
+/// Revisions that went live, most recent first, without repeats.
+pub fn live_history(records: &[Record]) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for r in records.iter().rev().filter(|r| r.state == State::Live) {
+        if !out.contains(&r.revision.as_str()) {
+            out.push(&r.revision);
+        }
+    }
+    out
+}

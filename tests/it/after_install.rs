@@ -1,0 +1,376 @@
+//! deploy-hook AfterInstall in a sandboxed instance, with real bundles extracted by GNU tar,
+//! real venvs from the package index (pip and uv), and a real hypercorn answering HTTP.
+
+use std::{
+    fs,
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    path::Path,
+    process::Output,
+    time::Duration,
+};
+
+use tests::{
+    build_bundle, describe,
+    sandbox::{APP_UID, Sandbox, example_variant, free_port, http_get},
+};
+
+const UNIT: &str = "python-app.service";
+
+fn last_line(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).lines().last().unwrap_or_default().to_owned()
+}
+
+fn assert_ok(output: &Output) -> String {
+    assert!(output.status.success(), "{}", describe(output));
+    let last = last_line(output);
+    assert!(last.starts_with("after-install ok: "), "{}", describe(output));
+    last
+}
+
+fn assert_failed(output: &Output, cause: &str) {
+    assert_eq!(output.status.code(), Some(1), "{}", describe(output));
+    let last = last_line(output);
+    assert!(
+        last.starts_with("after-install failed: ") && last.contains(cause),
+        "last line {last:?}\n{}",
+        describe(output)
+    );
+}
+
+fn states(sandbox: &Sandbox) -> Vec<(String, String)> {
+    sandbox
+        .journal()
+        .iter()
+        .map(|r| (r["revision"].as_str().unwrap().to_owned(), r["state"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+/// No staging directory and no unfinished venv is left.
+fn assert_nothing_half_built(sandbox: &Sandbox) {
+    for name in sandbox.listing("releases") {
+        assert!(!name.starts_with(".tmp-"), "staging left: {name}");
+    }
+    for name in sandbox.listing("venvs") {
+        let marker = sandbox.app_root().join("venvs").join(&name).join(".deploy-complete");
+        assert!(marker.exists(), "unfinished venv left: {name}");
+    }
+}
+
+/// Rebuilds an app variant's bundle after editing a file of it.
+fn edit_file(app: &Path, file: &str, from: &str, to: &str) {
+    let path = app.join(file);
+    let text = fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{file} lacks {from:?}");
+    fs::write(path, text.replacen(from, to, 1)).unwrap();
+}
+
+#[test]
+fn first_deployment_with_pip_then_redeploys_flips_and_no_ops() {
+    let port = free_port();
+    let (dir, app) = example_variant(port, &[("installer: auto", "installer: pip")]).unwrap();
+    let bundle_a = build_bundle(&app, &dir.path().join("a"), &[]).unwrap();
+    let sandbox = Sandbox::new().unwrap();
+
+    // First deployment: a real venv built by pip from the index.
+    let out = sandbox.after_install(&bundle_a, "d-FIRST0001").unwrap();
+    let verdict = assert_ok(&out);
+    assert!(verdict.contains("venv built with pip"), "{verdict}");
+    let rev_a = sandbox.current().expect("current points at a release");
+    assert!(verdict.contains(&rev_a), "{verdict}");
+    let release = sandbox.app_root().join("releases").join(&rev_a);
+    let env = fs::symlink_metadata(release.join(".env")).unwrap();
+    assert_eq!((env.mode() & 0o777, env.uid(), env.gid()), (0o600, APP_UID, APP_UID));
+    assert_eq!(fs::metadata(release.join("app.py")).unwrap().uid(), APP_UID);
+    assert_eq!(fs::read_to_string(release.join("REVISION")).unwrap().trim(), rev_a);
+    assert!(!release.join("__pycache__").exists(), "the import check wrote bytecode into the release");
+    let unit = sandbox.root.join("etc/systemd/system").join(UNIT);
+    assert_eq!(fs::read(&unit).unwrap(), fs::read(release.join("configs").join(UNIT)).unwrap());
+    assert_eq!(fs::metadata(&unit).unwrap().permissions().mode() & 0o777, 0o644);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("would run systemctl daemon-reload"));
+
+    // The release's hypercorn answers a real request with its revision.
+    {
+        let _service = sandbox.start_service(UNIT).unwrap();
+        let (status, body) = http_get(port, "/healthz", Duration::from_secs(20)).unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(&format!("\"revision\": \"{rev_a}\"")), "{body}");
+    }
+
+    // A changed revision: the venv is reused, nothing installed, the unit unchanged.
+    edit_file(&app, "src/app.py", "hello", "hello again");
+    let bundle_b = build_bundle(&app, &dir.path().join("b"), &[]).unwrap();
+    let out = sandbox.after_install(&bundle_b, "d-SECOND002").unwrap();
+    let verdict = assert_ok(&out);
+    let rev_b = sandbox.current().unwrap();
+    assert_ne!(rev_a, rev_b);
+    assert!(verdict.contains("venv reused") && verdict.contains(&format!("previous {rev_a}")), "{verdict}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("daemon-reload"), "the unit did not change");
+
+    // The same deployment again: a no-op.
+    let archive = sandbox.extract(&bundle_b, "d-SECOND002").unwrap();
+    let journal_len = sandbox.journal().len();
+    let out = sandbox.hook(&archive, "AfterInstall", "d-SECOND002").output().unwrap();
+    assert!(assert_ok(&out).contains("nothing to do"), "{}", describe(&out));
+    assert_eq!(sandbox.journal().len(), journal_len, "a no-op writes no journal record");
+
+    // CodeDeploy's rollback: the old revision under a new deployment id is a flip.
+    let out = sandbox.after_install(&bundle_a, "d-ROLLBACK3").unwrap();
+    let verdict = assert_ok(&out);
+    assert!(verdict.contains("flip"), "{verdict}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("stage release"), "{}", describe(&out));
+    assert_eq!(sandbox.current().as_deref(), Some(rev_a.as_str()));
+    assert_eq!(
+        states(&sandbox),
+        [
+            (rev_a.clone(), "ready".into()),
+            (rev_a.clone(), "live".into()),
+            (rev_b.clone(), "ready".into()),
+            (rev_b.clone(), "live".into()),
+            (rev_a.clone(), "live".into())
+        ]
+    );
+    let last = sandbox.journal().last().unwrap().clone();
+    assert_eq!(last["deployment_id"], "d-ROLLBACK3");
+    assert_nothing_half_built(&sandbox);
+}
+
+#[test]
+fn first_deployment_with_uv_answers_http() {
+    let port = free_port();
+    let (dir, app) = example_variant(port, &[("installer: auto", "installer: uv")]).unwrap();
+    let bundle = build_bundle(&app, &dir.path().join("a"), &[]).unwrap();
+    let mut sandbox = Sandbox::new().unwrap();
+    sandbox.provide_uv().unwrap();
+    let out = sandbox.after_install(&bundle, "d-UVFIRST01").unwrap();
+    let verdict = assert_ok(&out);
+    assert!(verdict.contains("venv built with uv"), "{verdict}");
+    let rev = sandbox.current().unwrap();
+    let _service = sandbox.start_service(UNIT).unwrap();
+    let (status, body) = http_get(port, "/healthz", Duration::from_secs(20)).unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains(&rev), "{body}");
+}
+
+#[test]
+fn failures_leave_current_alone_and_nothing_half_built() {
+    let port = free_port();
+    let (dir, app) = example_variant(port, &[]).unwrap();
+    let mut sandbox = Sandbox::new().unwrap();
+    sandbox.provide_uv().unwrap();
+    let good = build_bundle(&app, &dir.path().join("good"), &[]).unwrap();
+    assert_ok(&sandbox.after_install(&good, "d-GOOD00001").unwrap());
+    let live = sandbox.current().unwrap();
+
+    // A requirement that does not exist on the index.
+    edit_file(
+        &app,
+        "requirements.pip",
+        "wsproto==1.3.2",
+        "wsproto==1.3.2\nno-such-package-deploy-hook-test==9.9.9",
+    );
+    let bad_req = build_bundle(&app, &dir.path().join("badreq"), &[]).unwrap();
+    let out = sandbox.after_install(&bad_req, "d-BADREQ001").unwrap();
+    assert_failed(&out, "uv pip install exited with status");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("no-such-package-deploy-hook-test"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(sandbox.current().as_deref(), Some(live.as_str()));
+    assert_nothing_half_built(&sandbox);
+    edit_file(&app, "requirements.pip", "\nno-such-package-deploy-hook-test==9.9.9", "");
+
+    // A post-install command that fails.
+    edit_file(
+        &app,
+        "deploy.yaml",
+        "post_install: []",
+        "post_install:\n  - name: migrate\n    run: [python, -c, \"import sys; print('migration broke'); sys.exit(3)\"]\n    timeout: 60",
+    );
+    let bad_post = build_bundle(&app, &dir.path().join("badpost"), &[]).unwrap();
+    let out = sandbox.after_install(&bad_post, "d-BADPOST01").unwrap();
+    assert_failed(&out, "post-install command \"migrate\" exited with status 3");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("migration broke"), "{}", describe(&out));
+    assert_eq!(sandbox.current().as_deref(), Some(live.as_str()));
+    assert_nothing_half_built(&sandbox);
+    let failed: Vec<_> = states(&sandbox).into_iter().filter(|(_, s)| s == "failed").collect();
+    assert_eq!(failed.len(), 2, "{:?}", states(&sandbox));
+}
+
+#[test]
+fn an_old_current_directory_is_moved_aside() {
+    let port = free_port();
+    let (dir, app) = example_variant(port, &[]).unwrap();
+    let mut sandbox = Sandbox::new().unwrap();
+    sandbox.provide_uv().unwrap();
+    let legacy = sandbox.app_root().join("current");
+    fs::create_dir_all(&legacy).unwrap();
+    fs::write(legacy.join("app.py"), "# deployed by the old script\n").unwrap();
+    let bundle = build_bundle(&app, &dir.path().join("a"), &[]).unwrap();
+    let out = sandbox.after_install(&bundle, "d-LEGACY001").unwrap();
+    assert_ok(&out);
+    assert!(sandbox.current().is_some());
+    let moved: Vec<String> =
+        sandbox.listing("releases").into_iter().filter(|n| n.starts_with("legacy-")).collect();
+    assert_eq!(moved.len(), 1, "{:?}", sandbox.listing("releases"));
+    let kept = sandbox.app_root().join("releases").join(&moved[0]).join("app.py");
+    assert_eq!(fs::read_to_string(kept).unwrap(), "# deployed by the old script\n");
+}
+
+#[test]
+fn bad_deployment_ids_are_refused() {
+    let sandbox = Sandbox::new().unwrap();
+    let archive = sandbox.extract(tests::example_bundle(), "d-OK0000001").unwrap();
+    for bad in ["d-../../etc", "d-a b", "x-ABC", ""] {
+        let out = sandbox.hook(&archive, "AfterInstall", bad).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        assert!(last_line(&out).contains("is not a CodeDeploy deployment id"), "{}", describe(&out));
+    }
+    assert!(!sandbox.app_root().exists(), "nothing was created");
+}
+
+#[test]
+fn a_tampered_archive_is_refused_naming_the_file() {
+    let sandbox = Sandbox::new().unwrap();
+    let archive = sandbox.extract(tests::example_bundle(), "d-TAMPER001").unwrap();
+    fs::write(archive.join("src/app.py"), "print('tampered')\n").unwrap();
+    let out = sandbox.hook(&archive, "AfterInstall", "d-TAMPER001").output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(last_line(&out).contains("src/app.py: size"), "{}", describe(&out));
+    assert!(sandbox.current().is_none());
+}
+
+/// Two revisions of one app whose venvs differ, so the second deploy builds a venv.
+fn two_revisions(dir: &Path, port: u16) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (_keep, app) = example_variant(port, &[("installer: auto", "installer: pip")]).unwrap();
+    let a = build_bundle(&app, &dir.join("a"), &[]).unwrap();
+    edit_file(&app, "requirements.pip", "wsproto==1.3.2", "wsproto==1.3.2\n# revision B");
+    edit_file(&app, "src/app.py", "hello", "hello B");
+    let b = build_bundle(&app, &dir.join("b"), &[]).unwrap();
+    (a, b)
+}
+
+#[test]
+fn killed_at_every_step_boundary_then_a_rerun_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bundle_a, bundle_b) = two_revisions(dir.path(), free_port());
+    let sandbox = Sandbox::new().unwrap();
+    assert_ok(&sandbox.after_install(&bundle_a, "d-KILLBASE1").unwrap());
+    let rev_a = sandbox.current().unwrap();
+    let archive = sandbox.extract(&bundle_b, "d-KILLB0001").unwrap();
+    let steps = [
+        "lock",
+        "verify revision",
+        "stage release",
+        "python environment",
+        "import check",
+        "mark ready",
+        "install unit",
+        "switch current",
+        "prune",
+    ];
+    let mut seen_b = false;
+    for step in steps {
+        let out = sandbox
+            .hook(&archive, "AfterInstall", "d-KILLB0001")
+            .env("DEPLOY_HOOK_FAILPOINT", step)
+            .output()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(9), "killed before {step}\n{}", describe(&out));
+        // `current` is always on a complete release: A until the switch, B after it.
+        let current = sandbox.current().unwrap();
+        seen_b |= current != rev_a;
+        assert_eq!(seen_b, step == "prune", "before {step}: current {current}");
+        let release = sandbox.app_root().join("releases").join(&current);
+        assert!(
+            release.join("REVISION").is_file() && release.join(".venv/bin/python").exists(),
+            "{current} is incomplete"
+        );
+    }
+    // And once in the middle of pip, with its children running.
+    let mut child = sandbox.hook(&archive, "AfterInstall", "d-KILLB0002").spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let out = sandbox.hook(&archive, "AfterInstall", "d-KILLB0003").output().unwrap();
+    assert_ok(&out);
+    assert_ne!(sandbox.current().unwrap(), rev_a);
+    assert_nothing_half_built(&sandbox);
+}
+
+#[test]
+fn sigterm_stops_children_and_removes_what_was_staged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bundle_a, bundle_b) = two_revisions(dir.path(), free_port());
+    let sandbox = Sandbox::new().unwrap();
+    assert_ok(&sandbox.after_install(&bundle_a, "d-TERMBASE1").unwrap());
+    let rev_a = sandbox.current().unwrap();
+    let archive = sandbox.extract(&bundle_b, "d-TERMB0001").unwrap();
+    let child = sandbox
+        .hook(&archive, "AfterInstall", "d-TERMB0001")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the venv build runs, then do what the agent's timeout does.
+    let log = sandbox.app_root().join("logs/d-TERMB0001.log");
+    let start = std::time::Instant::now();
+    while !log.exists() && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: a plain kill(2) on our own child.
+    unsafe { libc_kill(child.id() as i32, 15) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(last_line(&out).contains("interrupted by a signal"), "{}", describe(&out));
+    assert_eq!(sandbox.current().as_deref(), Some(rev_a.as_str()));
+    assert_nothing_half_built(&sandbox);
+    assert_eq!(sandbox.listing("venvs").len(), 1, "the half-built venv is gone");
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}
+
+#[test]
+fn two_hooks_at_once_are_serialized() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bundle_a, bundle_b) = two_revisions(dir.path(), free_port());
+    let sandbox = Sandbox::new().unwrap();
+    let archive_a = sandbox.extract(&bundle_a, "d-PARALLEL1").unwrap();
+    let archive_b = sandbox.extract(&bundle_b, "d-PARALLEL2").unwrap();
+    let first = sandbox
+        .hook(&archive_a, "AfterInstall", "d-PARALLEL1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let second = sandbox
+        .hook(&archive_b, "AfterInstall", "d-PARALLEL2")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (first, second) = (first.wait_with_output().unwrap(), second.wait_with_output().unwrap());
+    assert_ok(&first);
+    assert_ok(&second);
+    let waited = [&first, &second]
+        .iter()
+        .filter(|o| String::from_utf8_lossy(&o.stdout).contains("for the lock held by"))
+        .count();
+    assert_eq!(waited, 1, "exactly one waited\n{}\n{}", describe(&first), describe(&second));
+    // Records never interleave: each run's ready and live are adjacent.
+    let states = states(&sandbox);
+    assert_eq!(states.len(), 4, "{states:?}");
+    for pair in states.chunks(2) {
+        assert_eq!(
+            (pair[0].0.as_str(), pair[0].1.as_str(), pair[1].1.as_str()),
+            (pair[1].0.as_str(), "ready", "live"),
+            "{states:?}"
+        );
+    }
+    assert_ne!(states[0].0, states[2].0);
+    assert_eq!(sandbox.current().as_deref(), Some(states[3].0.as_str()));
+    assert_nothing_half_built(&sandbox);
+}
