@@ -51,6 +51,14 @@ fn container_boots_systemd_and_serves_hypercorn_from_the_wheelhouse() -> Result<
     let said = String::from_utf8_lossy(&out.stdout);
     ensure!(said.trim() == "ValidateService d-SMOKE0001 /", "systemd_run environment: {said:?}");
 
+    // A hung command fails its test instead of hanging the run.
+    let step = Instant::now();
+    let hung = ct.exec_timeout(&["sleep", "60"], Duration::from_secs(1));
+    ensure!(
+        hung.is_err() && step.elapsed() < Duration::from_secs(10),
+        "exec_timeout let sleep run: {hung:?}"
+    );
+
     // Writes to the read-write bind reach the host.
     ct.exec_ok(&["touch", "/srv/host/written-inside"])?;
     ensure!(host.path().join("written-inside").exists(), "bind mount is not read-write");

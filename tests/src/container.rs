@@ -41,6 +41,9 @@ pub const APP_UID: u32 = 1500;
 /// PATH inside the container for [`Container::exec`] (nothing of the host's environment leaks in).
 const GUEST_PATH: &str = "PATH=/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// How long [`Container::exec`] lets a command run.
+pub const EXEC_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// How long a boot may take to reach `running`/`degraded`; `DEPLOY_TESTS_BOOT_TIMEOUT` (seconds)
 /// overrides it.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -144,6 +147,10 @@ pub fn agent_env<'a>(event: &'a str, deployment_id: &'a str) -> [(&'static str, 
 }
 
 /// A booted container. Dropping it powers it off and removes every trace (processes, cgroups).
+///
+/// Boot one per test (it costs well under a second) and drop it in the thread that booted it:
+/// nspawn is told to power off when that thread ends. There is no user namespace: uids inside
+/// are the host's, so `chown 1500:1500` on the host makes a bound directory the app user's.
 pub struct Container {
     name: String,
     nspawn: Child,
@@ -184,17 +191,23 @@ impl Container {
 
         // With --keep-unit nspawn puts the container's cgroups below its own; give each container
         // a cgroup of its own, or parallel containers would share (and kill) each other's.
+        sweep_stale_cgroups();
         let cgroups = create_cgroups(&name)?;
         let procs: Vec<CString> = cgroups
             .iter()
             .map(|dir| CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()))
             .collect::<std::result::Result<_, _>>()?;
-        // SAFETY: the closure only calls async-signal-safe functions (open, write, close) on
-        // memory allocated before the fork.
+        // SAFETY: the closure only calls async-signal-safe functions (open, write, close, prctl)
+        // on memory allocated before the fork.
         unsafe {
             cmd.pre_exec(move || {
                 for path in &procs {
                     join_cgroup(path)?;
+                }
+                // If the test process dies without dropping us (killed, aborted), nspawn powers
+                // the container off instead of leaving it running.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
             });
@@ -242,9 +255,27 @@ impl Container {
 
     /// Runs `argv` inside the container (all its namespaces, its root), as root, with a clean
     /// environment holding only PATH.
+    ///
+    /// A command still running after [`EXEC_TIMEOUT`] is killed and the call fails: a hung
+    /// command fails its test instead of hanging the run. See [`Container::exec_timeout`].
     pub fn exec(&self, argv: &[&str]) -> Result<Output> {
+        self.exec_timeout(argv, EXEC_TIMEOUT)
+    }
+
+    /// [`Container::exec`] with its own time limit (whole seconds, at least 1).
+    pub fn exec_timeout(&self, argv: &[&str], limit: Duration) -> Result<Output> {
         ensure!(!argv.is_empty(), "exec needs a command");
-        self.command(argv).output().with_context(|| format!("cannot run nsenter for {argv:?}"))
+        let secs = limit.as_secs().max(1).to_string();
+        // coreutils timeout, inside the container: it kills the command's whole process group.
+        let mut full = vec!["timeout", "--kill-after=5", &secs];
+        full.extend_from_slice(argv);
+        let start = Instant::now();
+        let output =
+            self.command(&full).output().with_context(|| format!("cannot run nsenter for {argv:?}"))?;
+        if output.status.code() == Some(124) && start.elapsed() >= limit {
+            bail!("in container {}: {argv:?} timed out after {limit:?}\n{}", self.name, describe(&output));
+        }
+        Ok(output)
     }
 
     /// [`Container::exec`] that fails unless the command exits 0; returns its stdout.
@@ -330,12 +361,8 @@ impl Container {
 
     fn command(&self, argv: &[&str]) -> Command {
         let mut cmd = Command::new("nsenter");
-        cmd.arg("-t")
-            .arg(self.init.to_string())
-            .arg("-a")
-            .args(["env", "-i", GUEST_PATH])
-            .args(argv)
-            .stdin(Stdio::null());
+        cmd.arg("-t").arg(self.init.to_string()).arg("-a").args(["env", "-i", GUEST_PATH]).args(argv);
+        cmd.stdin(Stdio::null());
         cmd
     }
 
@@ -486,6 +513,27 @@ fn cgroup_roots() -> Vec<PathBuf> {
         .map(PathBuf::from)
         .filter(|root| root.join("cgroup.procs").exists())
         .collect()
+}
+
+/// Removes the cgroups of containers whose test process died without dropping them (nspawn
+/// powered them off, but nobody removed the directories). Once per test process.
+fn sweep_stale_cgroups() {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| {
+        for root in cgroup_roots() {
+            let Ok(entries) = fs::read_dir(root.join("deploy-tests")) else { continue };
+            for entry in entries.flatten() {
+                // Named by machine_name(): <name>-<pid of the test process>-<counter>.
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let owner = name.rsplit('-').nth(1).and_then(|pid| pid.parse::<u32>().ok());
+                if owner.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+                    let dir = entry.path();
+                    kill_cgroup_tree(&dir);
+                    remove_cgroups(std::slice::from_ref(&dir));
+                }
+            }
+        }
+    });
 }
 
 fn create_cgroups(name: &str) -> Result<Vec<PathBuf>> {
