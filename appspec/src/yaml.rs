@@ -46,6 +46,8 @@ pub enum Value {
     Float(f64),
     /// A String.
     Str(String),
+    /// A Symbol (`:name`), never equal to a String.
+    Symbol(String),
     /// A class the safe loader refuses (Date, Time, Symbol).
     Disallowed(&'static str),
     /// An Array.
@@ -107,7 +109,7 @@ impl Node {
     pub fn ruby_to_s(&self) -> String {
         match &self.value {
             Value::Null => String::new(),
-            Value::Str(s) => s.clone(),
+            Value::Str(s) | Value::Symbol(s) => s.clone(),
             _ => self.ruby_inspect(),
         }
     }
@@ -120,6 +122,7 @@ impl Node {
             Value::Int(n) => n.to_string(),
             Value::Float(f) => yaml11::ruby_float_to_s(*f),
             Value::Str(s) => format!("{s:?}"),
+            Value::Symbol(s) => format!(":{s}"),
             Value::Disallowed(class) => format!("#<{class}>"),
             Value::Seq(items) => {
                 format!("[{}]", items.iter().map(Node::ruby_inspect).collect::<Vec<_>>().join(", "))
@@ -144,6 +147,7 @@ impl Node {
             Value::Int(_) => "Integer",
             Value::Float(_) => "Float",
             Value::Str(_) => "String",
+            Value::Symbol(_) => "Symbol",
             Value::Disallowed(class) => class,
             Value::Seq(_) => "Array",
             Value::Map(_) => "Hash",
@@ -223,6 +227,18 @@ impl Builder<'_> {
             (None, Style::Plain) => typed_plain(value),
             (None, _) => Value::Str(value.to_owned()),
         };
+        if style == Style::Plain && tag.is_none() && raw.starts_with(['@', '`']) {
+            self.findings.push(finding(
+                "yaml.syntax",
+                Severity::Error,
+                pos,
+                format!(
+                    "Psych::SyntaxError: found character that cannot start any token at line {} column {}",
+                    pos.line, pos.col
+                ),
+                "quote the value: `@` and `` ` `` are reserved in YAML",
+            ));
+        }
         if let Value::Disallowed(class) = typed {
             self.findings.push(finding(
                 "yaml.disallowed-class",
@@ -243,6 +259,13 @@ fn typed_plain(value: &str) -> Value {
         Typed::Int(n) => Value::Int(n),
         Typed::Float(f) => Value::Float(f),
         Typed::Str => Value::Str(value.to_owned()),
+        Typed::Symbol => {
+            let name = &value[1..];
+            let quoted = name.len() >= 2
+                && (name.starts_with('"') || name.starts_with('\''))
+                && name.ends_with(&name[..1]);
+            Value::Symbol(if quoted { name[1..name.len() - 1].to_owned() } else { name.to_owned() })
+        }
         Typed::Disallowed(class) => Value::Disallowed(class),
     }
 }

@@ -15,7 +15,9 @@ pub enum Typed {
     Float(f64),
     /// Anything else: the text itself.
     Str,
-    /// A class that `YAML.load` (Psych 4 safe load) refuses: `Date`, `Time` or `Symbol`.
+    /// `:name`: a Symbol (Psych 4's `YAML.load` permits Symbol).
+    Symbol,
+    /// A class that `YAML.load` (Psych 4 safe load) refuses: `Date` or `Time`.
     Disallowed(&'static str),
 }
 
@@ -304,23 +306,27 @@ pub fn resolve_plain(s: &str) -> Typed {
         return Typed::Float(f64::NAN);
     }
     if s.starts_with(':') && s.len() > 1 {
-        return Typed::Disallowed("Symbol");
+        return Typed::Symbol;
     }
     if let Some((neg, parts)) = sexagesimal_parts(s, false) {
+        // Ruby's `to_i` per part: the sign stays on the first part only, so -1:30 is -1800.
         let mut total: i128 = 0;
         for (e, part) in parts.iter().enumerate() {
-            total += ruby_to_i(part) * 60i128.pow((e as i32 - 2).unsigned_abs());
+            let n = ruby_to_i(part);
+            let n = if e == 0 && neg { -n } else { n };
+            total += n * 60i128.pow((e as i32 - 2).unsigned_abs());
         }
-        return Typed::Int(if neg { -total } else { total });
+        return Typed::Int(total);
     }
     if let Some((neg, parts)) = sexagesimal_parts(s, true) {
         let mut total = 0.0;
         for (e, part) in parts.iter().enumerate() {
             let digits: String = part.chars().filter(|c| *c != '_').collect();
             let value: f64 = digits.parse().unwrap_or(0.0);
+            let value = if e == 0 && neg { -value } else { value };
             total += value * 60f64.powi((e as i32 - 2).abs());
         }
-        return Typed::Float(if neg { -total } else { total });
+        return Typed::Float(total);
     }
     if let Some(float) = parse_float(s) {
         return match float {
@@ -402,7 +408,8 @@ mod tests {
             ("1:02:03", Typed::Int(3723)),
             ("2024-01-31", Typed::Disallowed("Date")),
             ("2024-01-31 10:00:00", Typed::Disallowed("Time")),
-            (":sym", Typed::Disallowed("Symbol")),
+            (":sym", Typed::Symbol),
+            ("-1:30", Typed::Int(-1800)),
             (".", Typed::Str),
             ("300s", Typed::Str),
             ("u+x", Typed::Str),

@@ -59,7 +59,8 @@ fn cases() -> Vec<(String, String, Vec<&'static str>)> {
         case!("utf-8 bom", "\u{feff}version: 0.0\nos: linux\n", ["E:yaml.bom"]),
         case!("syntax error", "version: 0.0\nos: [linux\n", ["E:yaml.syntax"]),
         case!("date value", "version: 0.0\nos: linux\nbuilt: 2024-01-31\n", ["E:yaml.disallowed-class"]),
-        case!("symbol value", "version: 0.0\nos: :linux\n", ["E:yaml.disallowed-class"]),
+        case!("symbol value", "version: 0.0\nos: :linux\n", ["E:appspec.os"]),
+        case!("reserved indicator", "version: 0.0\nos: linux\nx: @home\n", ["E:yaml.syntax"]),
         // ----- version and os
         case!("version missing", "os: linux\n", ["E:appspec.version"]),
         case!("version quoted", "version: \"0.0\"\nos: linux\n", ["E:appspec.version"]),
