@@ -24,6 +24,7 @@ use crate::{
     context::{Ctx, Revision},
     journal::{Journal, Record, State, states},
     prune,
+    service::Service,
     store::{Lock, STAGING_PREFIX, Store, write_atomic},
     users,
     util::{Log, fsync_dir, now},
@@ -223,28 +224,22 @@ fn release_command(store: &Store, release: &Release, dir: &Path, program: &str) 
 
 /// Installs the release's unit into `<root>/etc/systemd/system` when its bytes differ, then
 /// reloads systemd. Returns whether it changed.
-pub fn install_unit(
-    ctx: &Ctx,
-    store: &Store,
-    release: &Release,
-    release_dir: &Path,
-    log: &Log,
-) -> anyhow::Result<bool> {
-    let unit = release.unit.as_str();
+pub fn install_unit(store: &Store, service: &Service, release_dir: &Path, log: &Log) -> anyhow::Result<bool> {
+    let unit = service.unit;
     let wanted = fs::read(release_dir.join(layout::unit(unit)))
         .with_context(|| format!("cannot read the unit {unit} of the release"))?;
-    let dest_dir = ctx.host("/etc/systemd/system");
-    let dest = dest_dir.join(unit);
+    let dest = service.unit_file.clone();
+    let dest_dir = dest.parent().context("a unit file has a directory")?;
     if fs::read(&dest).ok().as_deref() == Some(wanted.as_slice()) {
         return Ok(false);
     }
-    fs::create_dir_all(&dest_dir).with_context(|| format!("cannot create {}", dest_dir.display()))?;
+    fs::create_dir_all(dest_dir).with_context(|| format!("cannot create {}", dest_dir.display()))?;
     write_atomic(&dest, &wanted, 0o644)?;
     if store.owner.is_some() {
         std::os::unix::fs::lchown(&dest, Some(0), Some(0))?;
     }
     log.info(format!("installed {}", dest.display()));
-    ctx.manager.systemctl(log, &["daemon-reload"])?;
+    service.daemon_reload(log)?;
     Ok(true)
 }
 
@@ -366,7 +361,8 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
             }
         }
     }
-    log.step("install unit", |log| install_unit(ctx, &store, release, &release_dir, log))?;
+    let service = ctx.service(release, &store);
+    log.step("install unit", |log| install_unit(&store, &service, &release_dir, log))?;
     let previous = store.current_revision();
     let switched = log.step("switch current", |log| store.switch_current(rev, &|m| log.info(m)))?;
     let last_live = records.iter().rev().find(|r| r.state == State::Live);

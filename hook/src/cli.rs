@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::{
     after_install,
     context::{Ctx, Revision, hook_env},
+    lifecycle,
     service::Manager,
     util::{Log, install_signal_handlers},
 };
@@ -31,50 +32,126 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
-/// Steps run by hand.
+/// Steps run by hand, and commands for outside CodeDeploy.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Build the release of this binary's revision and switch `current` to it (what the agent's
-    /// AfterInstall event does). Needs $DEPLOYMENT_ID.
+    /// ApplicationStop: stop the service when deploy.yaml asks for it; never fails.
+    ApplicationStop,
+    /// BeforeInstall: preflight (user, group, interpreter, free space, lock) and cleanup of
+    /// what interrupted runs left.
+    BeforeInstall,
+    /// AfterInstall: build the release of this binary's revision and switch `current` to it.
+    /// Needs $DEPLOYMENT_ID.
     AfterInstall,
+    /// ApplicationStart: enable the unit if needed, then restart it.
+    ApplicationStart,
+    /// ValidateService: poll the health URL; on failure go back to the previous good release
+    /// and mark this one bad. Needs $DEPLOYMENT_ID.
+    ValidateService,
+    /// Show the current and previous release, every release's state and the service's state.
+    Status {
+        /// Print JSON for machines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Switch back to the previous good release (or --to one), restart it and check its health.
+    Rollback {
+        /// The release to go back to (a revision id, as `status` lists them).
+        #[arg(long, value_name = "RELEASE")]
+        to: Option<String>,
+        /// Go back even to a release marked bad or failed, or missing from the journal.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove old releases and unused venvs, keeping N good releases plus the current and
+    /// previous ones.
+    Prune {
+        /// How many good releases to keep (default: keep_releases of deploy.yaml).
+        #[arg(long, value_name = "N")]
+        keep: Option<u32>,
+    },
 }
 
 /// Parses `args`, runs, and returns the process's exit code.
 pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let cli = Cli::parse_from(args);
     let ctx = Ctx { root: cli.root.clone(), manager: cli.service_manager };
-    let event = match &cli.command {
-        Some(Command::AfterInstall) => Ok(LifecycleEvent::AfterInstall),
+    let event = match cli.command {
+        Some(Command::ApplicationStop) => LifecycleEvent::ApplicationStop,
+        Some(Command::BeforeInstall) => LifecycleEvent::BeforeInstall,
+        Some(Command::AfterInstall) => LifecycleEvent::AfterInstall,
+        Some(Command::ApplicationStart) => LifecycleEvent::ApplicationStart,
+        Some(Command::ValidateService) => LifecycleEvent::ValidateService,
+        Some(Command::Status { json }) => {
+            return finish(
+                "status",
+                Revision::of_this_binary().and_then(|rev| lifecycle::status(&ctx, &rev, json)),
+            );
+        }
+        Some(Command::Rollback { to, force }) => {
+            install_signal_handlers();
+            let mut log = Log::new("rollback");
+            let res = Revision::of_this_binary()
+                .and_then(|rev| lifecycle::rollback(&ctx, &rev, to.as_deref(), force, &mut log));
+            return finish("rollback", res);
+        }
+        Some(Command::Prune { keep }) => {
+            let mut log = Log::new("prune");
+            return finish(
+                "prune",
+                Revision::of_this_binary().and_then(|rev| lifecycle::prune_cmd(&ctx, &rev, keep, &mut log)),
+            );
+        }
         None => match std::env::var("LIFECYCLE_EVENT") {
-            Ok(name) => LifecycleEvent::from_name(&name).ok_or(name),
+            Ok(name) => match LifecycleEvent::from_name(&name) {
+                Some(event) => event,
+                None => {
+                    println!(
+                        "deploy-hook: nothing is configured for the lifecycle event {name:?}; exiting 0"
+                    );
+                    return ExitCode::SUCCESS;
+                }
+            },
             Err(_) => {
                 eprintln!("deploy-hook: no subcommand and no $LIFECYCLE_EVENT; see deploy-hook --help");
                 return ExitCode::from(2);
             }
         },
     };
-    match event {
-        Ok(LifecycleEvent::AfterInstall) => finish("after-install", run_after_install(&ctx)),
-        Ok(other) => finish("deploy-hook", Err(anyhow::format_err!("the {other} event is not handled yet"))),
-        Err(name) => {
-            println!("deploy-hook: nothing is configured for the lifecycle event {name:?}; exiting 0");
-            ExitCode::SUCCESS
-        }
-    }
-}
-
-fn run_after_install(ctx: &Ctx) -> anyhow::Result<String> {
     install_signal_handlers();
-    let mut log = Log::new("after-install");
-    let env = hook_env()?;
-    let revision = Revision::of_this_binary()?;
-    log.info(format!(
-        "deployment {} of {} ({}), revision {}",
-        env.deployment_id, env.application_name, env.deployment_group_name, revision.id
-    ));
-    after_install::run(ctx, &revision, &env.deployment_id, &mut log)
+    let name = match event {
+        LifecycleEvent::ApplicationStop => "application-stop",
+        LifecycleEvent::BeforeInstall => "before-install",
+        LifecycleEvent::AfterInstall => "after-install",
+        LifecycleEvent::ApplicationStart => "application-start",
+        LifecycleEvent::ValidateService => "validate-service",
+        other => {
+            println!("deploy-hook: nothing is configured for the lifecycle event {other}; exiting 0");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let mut log = Log::new(name);
+    let res = (|| -> anyhow::Result<String> {
+        let revision = Revision::of_this_binary()?;
+        // ApplicationStop runs the previous revision's binary with the new deployment's id;
+        // it needs no id and must never fail.
+        if event == LifecycleEvent::ApplicationStop {
+            return Ok(lifecycle::application_stop(&ctx, &revision, &log));
+        }
+        let env = hook_env()?;
+        log.info(format!(
+            "{event} of deployment {} ({} / {}), revision {}",
+            env.deployment_id, env.application_name, env.deployment_group_name, revision.id
+        ));
+        match event {
+            LifecycleEvent::BeforeInstall => lifecycle::before_install(&ctx, &revision, &mut log),
+            LifecycleEvent::AfterInstall => after_install::run(&ctx, &revision, &env.deployment_id, &mut log),
+            LifecycleEvent::ApplicationStart => lifecycle::application_start(&ctx, &revision, &mut log),
+            _ => lifecycle::validate_service(&ctx, &revision, &env.deployment_id, &mut log),
+        }
+    })();
+    finish(name, res)
 }
-
 /// Prints the verdict as the very last line (the console shows only the last ~2 KB).
 fn finish(what: &str, res: anyhow::Result<String>) -> ExitCode {
     let code = match res {

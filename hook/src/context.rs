@@ -10,7 +10,11 @@ use anyhow::{Context, format_err};
 use appspec::HookEnv;
 use packaging::{Manifest, Release, layout};
 
-use crate::service::Manager;
+use crate::{
+    process::Supervisor,
+    service::{Manager, Service},
+    store::Store,
+};
 
 /// The revision this binary was shipped in.
 pub struct Revision {
@@ -62,6 +66,17 @@ impl Ctx {
     /// The host path of an instance path.
     pub fn host(&self, abs: &str) -> PathBuf {
         self.root.join(abs.trim_start_matches('/'))
+    }
+
+    /// The service of `release`, as this context's manager drives it.
+    pub fn service<'a>(&self, release: &'a Release, store: &Store) -> Service<'a> {
+        let unit = release.unit.as_str();
+        Service {
+            manager: self.manager,
+            unit,
+            unit_file: self.host("/etc/systemd/system").join(unit),
+            supervisor: Supervisor { root: self.root.clone(), app_root: store.app_root.clone() },
+        }
     }
 }
 

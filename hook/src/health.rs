@@ -1,0 +1,95 @@
+//! The health check: HTTP GET until a 2xx answer, with a deadline per try and in all.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpStream, ToSocketAddrs},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail, format_err};
+use packaging::config::Health;
+
+use crate::util::{Log, check_interrupted};
+
+/// Splits `http://host[:port]/path` into `host:port` and `/path`.
+fn split_url(url: &str) -> anyhow::Result<(String, String, String)> {
+    let rest = url.strip_prefix("http://").context("only http:// URLs")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = match authority.strip_prefix('[').and_then(|v6| v6.split_once(']')) {
+        Some((_, "")) => format!("{authority}:80"),
+        Some((_, port)) if port.starts_with(':') => authority.to_owned(),
+        Some(_) => bail!("{url}: bad IPv6 address"),
+        None if authority.contains(':') => authority.to_owned(),
+        None => format!("{authority}:80"),
+    };
+    let host = authority.to_owned();
+    Ok((addr, host, path.to_owned()))
+}
+
+/// One GET; returns the status code and the start of the body.
+pub fn get(url: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
+    let (addr, host, path) = split_url(url)?;
+    let sockaddr = addr.to_socket_addrs()?.next().ok_or_else(|| format_err!("{addr} resolves to nothing"))?;
+    let mut stream = TcpStream::connect_timeout(&sockaddr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: deploy-hook\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    stream.take(64 * 1024).read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format_err!("not an HTTP response: {:?}", text.lines().next().unwrap_or("")))?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.chars().take(200).collect()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Polls until a 2xx answer or the deadline; returns the last answer's body.
+pub fn wait_healthy(health: &Health, log: &Log) -> anyhow::Result<String> {
+    let started = Instant::now();
+    let deadline = Duration::from_secs(health.deadline.into());
+    let per_try = Duration::from_secs(health.try_timeout.max(1).into());
+    let mut last = String::from("no answer yet");
+    let mut tries = 0;
+    while started.elapsed() < deadline {
+        check_interrupted()?;
+        tries += 1;
+        match get(health.url.as_str(), per_try) {
+            Ok((status, body)) if (200..300).contains(&status) => {
+                log.info(format!("GET {} answered {status} after {tries} tries", health.url));
+                return Ok(body);
+            }
+            Ok((status, body)) => last = format!("HTTP {status}: {}", body.trim()),
+            Err(err) => last = format!("{err:#}"),
+        }
+        std::thread::sleep(
+            Duration::from_secs(health.interval.max(1).into())
+                .min(deadline.saturating_sub(started.elapsed())),
+        );
+    }
+    bail!("GET {} found no healthy answer in {}s ({tries} tries); last: {last}", health.url, health.deadline)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_url;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            split_url("http://127.0.0.1:8000/healthz").unwrap(),
+            ("127.0.0.1:8000".into(), "127.0.0.1:8000".into(), "/healthz".into())
+        );
+        assert_eq!(split_url("http://localhost").unwrap().0, "localhost:80");
+        assert_eq!(split_url("http://[::1]:9000/h").unwrap().0, "[::1]:9000");
+        assert_eq!(split_url("http://[::1]/h").unwrap().0, "[::1]:80");
+    }
+}

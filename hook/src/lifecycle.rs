@@ -1,0 +1,405 @@
+//! The other lifecycle events (ApplicationStop, BeforeInstall, ApplicationStart,
+//! ValidateService) and the commands run outside CodeDeploy (status, rollback, prune).
+
+use std::{collections::BTreeMap, fs, path::Path, time::Duration};
+
+use anyhow::{Context, bail, format_err};
+use packaging::{Manifest, config::Release, layout};
+use serde::Serialize;
+
+use crate::{
+    after_install::{install_unit, lock_wait, open_store},
+    context::{Ctx, Revision},
+    health,
+    journal::{Journal, Record, State, live_history, states},
+    prune,
+    store::{Lock, Store, VENV_COMPLETE},
+    users,
+    util::{Log, now},
+};
+
+/// Room a venv of ours takes, roughly (hypercorn and a web framework), for the preflight.
+const VENV_ESTIMATE: u64 = 300 << 20;
+/// Slack on top of what a deployment writes.
+const SPACE_MARGIN: u64 = 100 << 20;
+
+fn record(deployment_id: &str, revision: &str, event: &str, state: State, message: Option<String>) -> Record {
+    Record {
+        time: now(),
+        deployment_id: deployment_id.to_owned(),
+        revision: revision.to_owned(),
+        event: event.to_owned(),
+        state,
+        steps: Default::default(),
+        venv: None,
+        message,
+    }
+}
+
+/// ApplicationStop, run from the *previous* revision's archive. Never fails a deployment: a
+/// broken stop would wedge every later one. Stops the service only when configured to.
+pub fn application_stop(ctx: &Ctx, revision: &Revision, log: &Log) -> String {
+    let release = &revision.release;
+    let res = (|| -> anyhow::Result<String> {
+        let store = open_store(ctx, release)?;
+        let service = ctx.service(release, &store);
+        if !service.exists() {
+            return Ok(format!("application-stop ok: {} is not installed, nothing to stop", release.unit));
+        }
+        if !release.stop_on_application_stop {
+            return Ok(format!(
+                "application-stop ok: {} keeps serving until ApplicationStart restarts it (service.stop_on_application_stop is false)",
+                release.unit
+            ));
+        }
+        service.stop(log)?;
+        Ok(format!("application-stop ok: {} stopped", release.unit))
+    })();
+    res.unwrap_or_else(|err| {
+        format!("application-stop ok, with a warning (a failed stop must not block deployments): {err:#}")
+    })
+}
+
+/// Free bytes for unprivileged users on the filesystem holding `path` (or its nearest
+/// existing ancestor).
+fn free_space(path: &Path) -> anyhow::Result<(u64, std::path::PathBuf)> {
+    let mut probe = path.to_path_buf();
+    while !probe.exists() {
+        probe = probe.parent().context("no existing ancestor")?.to_path_buf();
+    }
+    let c_path = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statvfs writes into the zeroed struct we own.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("statvfs {}", probe.display()));
+    }
+    Ok((stat.f_bavail as u64 * stat.f_frsize as u64, probe))
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.0} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+/// BeforeInstall: preflight (user, group, interpreter, free space, lock) and removal of what
+/// crashed runs left.
+pub fn before_install(ctx: &Ctx, revision: &Revision, log: &mut Log) -> anyhow::Result<String> {
+    let release = &revision.release;
+    let ids = log.step("user and group", |_| {
+        users::resolve(&ctx.root, release.user.as_str(), release.group.as_str())
+    })?;
+    log.step("interpreter", |_| {
+        let python = Path::new(release.python.as_str());
+        if !python.is_file() {
+            bail!("the interpreter {python} does not exist (deploy.yaml python); install it (Debian: apt-get install python3 python3-venv)", python = python.display());
+        }
+        Ok(())
+    })?;
+    let store = open_store(ctx, release)?;
+    let (free, need) = log.step("free space", |_| {
+        let manifest = Manifest::parse(&revision.manifest_text)?;
+        let files: u64 = manifest.entries.iter().map(|e| e.size).sum();
+        let venv_ready = store.venvs().join(&release.venv_key).join(VENV_COMPLETE).exists();
+        let need = files + if venv_ready { 0 } else { VENV_ESTIMATE } + SPACE_MARGIN;
+        let (free, on) = free_space(&store.app_root)?;
+        if free < need {
+            bail!(
+                "only {} free on the filesystem of {}; this revision needs about {} (release {}, venv {}, margin {})",
+                mib(free),
+                on.display(),
+                mib(need),
+                mib(files),
+                if venv_ready { "reused".into() } else { mib(VENV_ESTIMATE) },
+                mib(SPACE_MARGIN)
+            );
+        }
+        Ok((free, need))
+    })?;
+    log.step("prepare app root", |_| store.ensure_layout())?;
+    let mut cleaned = 0;
+    let holder = format!("pid {} (BeforeInstall, since {})", std::process::id(), now());
+    match Lock::acquire(&store.app_root.join(".lock"), &holder, Duration::ZERO, &|_| {}) {
+        Ok(_lock) => {
+            log.step("clean unfinished", |log| {
+                for path in store.clean_unfinished()? {
+                    log.info(format!("removed {path}, left by an interrupted run"));
+                    cleaned += 1;
+                }
+                Ok(())
+            })?;
+        }
+        Err(err) => {
+            log.info(format!("{err:#}; a held flock means a live holder, and AfterInstall will wait for it"))
+        }
+    }
+    Ok(format!(
+        "before-install ok: user {} ({}:{}), {} present, {} free (needs about {}), {cleaned} unfinished removed",
+        release.user,
+        ids.uid,
+        ids.gid,
+        release.python,
+        mib(free),
+        mib(need)
+    ))
+}
+
+/// ApplicationStart: enable the unit when it is not, then restart it.
+pub fn application_start(ctx: &Ctx, revision: &Revision, log: &mut Log) -> anyhow::Result<String> {
+    let release = &revision.release;
+    let store = open_store(ctx, release)?;
+    let service = ctx.service(release, &store);
+    if !service.exists() {
+        bail!("{} is not installed in {}; did AfterInstall run?", release.unit, service.unit_file.display());
+    }
+    let enabled = log.step("enable", |log| service.enable(log))?;
+    log.step("restart", |log| service.restart(log))?;
+    let current = store.current_revision().unwrap_or_else(|| "none".into());
+    Ok(format!(
+        "application-start ok: {} {}restarted, serving {current}",
+        release.unit,
+        if enabled { "enabled and " } else { "" }
+    ))
+}
+
+/// The release config of a release directory.
+fn release_of(store: &Store, revision: &str) -> anyhow::Result<Release> {
+    let path = store.release(revision).join(layout::RELEASE_YAML);
+    let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Release::parse(&path, &text)?)
+}
+
+/// Points the host at `target`: its unit, `current`, a restart, then its health check.
+fn switch_to(ctx: &Ctx, store: &Store, target: &str, log: &mut Log) -> anyhow::Result<()> {
+    let release = release_of(store, target)?;
+    let service = ctx.service(&release, store);
+    log.step("install unit", |log| install_unit(store, &service, &store.release(target), log))?;
+    log.step("switch current", |log| store.switch_current(target, &|m| log.info(m)))?;
+    log.step("restart", |log| service.restart(log))?;
+    log.step("health check", |log| health::wait_healthy(&release.health, log))?;
+    Ok(())
+}
+
+/// The newest release that went live, is good and is on disk, other than `not`.
+fn previous_good(store: &Store, records: &[Record], not: &str) -> Option<String> {
+    let state_of = states(records);
+    live_history(records)
+        .into_iter()
+        .filter(|r| *r != not)
+        .find(|r| matches!(state_of.get(r), Some(State::Ready | State::Live)) && store.release(r).is_dir())
+        .map(str::to_owned)
+}
+
+/// ValidateService: poll the health URL; on failure show the service's log, go back to the
+/// previous good release, restart and check it, mark this one bad, and fail.
+pub fn validate_service(
+    ctx: &Ctx,
+    revision: &Revision,
+    deployment_id: &str,
+    log: &mut Log,
+) -> anyhow::Result<String> {
+    let release = &revision.release;
+    let store = open_store(ctx, release)?;
+    let service = ctx.service(release, &store);
+    let journal = Journal::new(&store.app_root);
+    let current = store.current_revision().context("current points at no release; did AfterInstall run?")?;
+    let cause = match log.step("health check", |log| health::wait_healthy(&release.health, log)) {
+        Ok(_) => {
+            journal.append(&record(
+                deployment_id,
+                &current,
+                "ValidateService",
+                State::Live,
+                Some("healthy".into()),
+            ))?;
+            return Ok(format!(
+                "validate-service ok: {} healthy, revision {current} (deployment {deployment_id})",
+                release.health.url
+            ));
+        }
+        Err(err) => format!("{err:#}"),
+    };
+    log.info(format!("the service's last log lines ({}):", service.state()));
+    for line in service.log_tail(30).lines() {
+        println!("    {line}");
+    }
+    let holder =
+        format!("pid {} (deployment {deployment_id}, ValidateService, since {})", std::process::id(), now());
+    let _lock = Lock::acquire(&store.app_root.join(".lock"), &holder, lock_wait(), &|m| log.info(m))?;
+    let records = journal.read()?;
+    journal.append(&record(deployment_id, &current, "ValidateService", State::Bad, Some(cause.clone())))?;
+    let Some(previous) = previous_good(&store, &records, &current) else {
+        bail!("{cause}; {current} marked bad, and there is no previous good release to return to");
+    };
+    log.info(format!("returning to {previous}"));
+    match switch_to(ctx, &store, &previous, log) {
+        Ok(()) => {
+            let message = format!("reverted from {current}");
+            journal.append(&record(
+                deployment_id,
+                &previous,
+                "ValidateService",
+                State::Live,
+                Some(message),
+            ))?;
+            Err(format_err!("{cause}; back on {previous} (healthy), {current} marked bad"))
+        }
+        Err(err) => {
+            Err(format_err!("{cause}; {current} marked bad; returning to {previous} failed too: {err:#}"))
+        }
+    }
+}
+
+/// `deploy-hook rollback [--to REVISION] [--force]`.
+pub fn rollback(
+    ctx: &Ctx,
+    revision: &Revision,
+    to: Option<&str>,
+    force: bool,
+    log: &mut Log,
+) -> anyhow::Result<String> {
+    let store = open_store(ctx, &revision.release)?;
+    let holder = format!("pid {} (rollback, since {})", std::process::id(), now());
+    let _lock = Lock::acquire(&store.app_root.join(".lock"), &holder, lock_wait(), &|m| log.info(m))?;
+    let journal = Journal::new(&store.app_root);
+    let records = journal.read()?;
+    let current = store.current_revision();
+    let target = match to {
+        Some(to) => to.to_owned(),
+        None => previous_good(&store, &records, current.as_deref().unwrap_or(""))
+            .context("no previous good release to roll back to; name one with --to")?,
+    };
+    if target.contains('/') || target.starts_with('.') {
+        bail!("{target:?} is not a release name");
+    }
+    let state = states(&records).get(target.as_str()).copied();
+    let complete = store.release(&target).join("REVISION").is_file();
+    match state {
+        _ if !complete && !force => {
+            bail!("{target} is not a complete release in {}", store.releases().display())
+        }
+        Some(State::Bad | State::Failed) if !force => {
+            bail!("{target} is marked {:?}; pass --force to go back to it anyway", state.unwrap())
+        }
+        None if !force => bail!("{target} is not in the journal; pass --force to go back to it anyway"),
+        _ => {}
+    }
+    if current.as_deref() == Some(target.as_str()) {
+        return Ok(format!("rollback ok: {target} is already current"));
+    }
+    switch_to(ctx, &store, &target, log)?;
+    let message = current.as_deref().map(|c| format!("rolled back from {c}"));
+    journal.append(&record("manual", &target, "Rollback", State::Live, message))?;
+    Ok(format!("rollback ok: {target} live and healthy (was {})", current.as_deref().unwrap_or("none")))
+}
+
+/// `deploy-hook prune [--keep N]`.
+pub fn prune_cmd(ctx: &Ctx, revision: &Revision, keep: Option<u32>, log: &mut Log) -> anyhow::Result<String> {
+    let store = open_store(ctx, &revision.release)?;
+    let holder = format!("pid {} (prune, since {})", std::process::id(), now());
+    let _lock = Lock::acquire(&store.app_root.join(".lock"), &holder, lock_wait(), &|m| log.info(m))?;
+    let keep = keep.unwrap_or(revision.release.keep_releases).max(1);
+    let removed = prune::prune(&store, &Journal::new(&store.app_root), keep, log)?;
+    Ok(format!(
+        "prune ok: {} releases removed, keeping {keep} good ones plus the current and previous",
+        removed.len()
+    ))
+}
+
+/// One release in `status`.
+#[derive(Serialize)]
+struct ReleaseStatus {
+    revision: String,
+    state: Option<State>,
+    on_disk: bool,
+    deployment_ids: Vec<String>,
+    first_seen: String,
+    last_change: String,
+    venv: Option<String>,
+    last_message: Option<String>,
+}
+
+/// What `status` reports.
+#[derive(Serialize)]
+struct Status {
+    app: String,
+    app_root: String,
+    current: Option<String>,
+    previous: Option<String>,
+    unit: String,
+    service: String,
+    releases: Vec<ReleaseStatus>,
+    journal: Vec<Record>,
+}
+
+/// `deploy-hook status [--json]`.
+pub fn status(ctx: &Ctx, revision: &Revision, json: bool) -> anyhow::Result<String> {
+    let release = &revision.release;
+    let store = open_store(ctx, release)?;
+    let records = Journal::new(&store.app_root).read()?;
+    let current = store.current_revision();
+    let previous =
+        live_history(&records).into_iter().find(|r| Some(*r) != current.as_deref()).map(str::to_owned);
+    let mut by_rev: BTreeMap<&str, ReleaseStatus> = BTreeMap::new();
+    for r in &records {
+        let entry = by_rev.entry(&r.revision).or_insert_with(|| ReleaseStatus {
+            revision: r.revision.clone(),
+            state: None,
+            on_disk: store.release(&r.revision).is_dir(),
+            deployment_ids: Vec::new(),
+            first_seen: r.time.clone(),
+            last_change: r.time.clone(),
+            venv: None,
+            last_message: None,
+        });
+        entry.state = Some(r.state);
+        entry.last_change = r.time.clone();
+        if r.venv.is_some() {
+            entry.venv = r.venv.clone();
+        }
+        if r.message.is_some() {
+            entry.last_message = r.message.clone();
+        }
+        if r.deployment_id.starts_with("d-") && !entry.deployment_ids.contains(&r.deployment_id) {
+            entry.deployment_ids.push(r.deployment_id.clone());
+        }
+    }
+    let mut releases: Vec<ReleaseStatus> = by_rev.into_values().collect();
+    releases.sort_by(|a, b| b.last_change.cmp(&a.last_change));
+    let service = ctx.service(release, &store);
+    let status = Status {
+        app: release.app.to_string(),
+        app_root: release.app_root.to_string(),
+        current,
+        previous,
+        unit: release.unit.to_string(),
+        service: service.state(),
+        releases,
+        journal: records,
+    };
+    if json {
+        return Ok(serde_json::to_string_pretty(&status)?);
+    }
+    let mut out = format!(
+        "{} at {}: current {}, previous {}\n{} is {}\n",
+        status.app,
+        status.app_root,
+        status.current.as_deref().unwrap_or("none"),
+        status.previous.as_deref().unwrap_or("none"),
+        status.unit,
+        status.service
+    );
+    for r in &status.releases {
+        let mark = if Some(&r.revision) == status.current.as_ref() { "*" } else { " " };
+        let state = r.state.map(|s| format!("{s:?}").to_lowercase()).unwrap_or_default();
+        out.push_str(&format!(
+            "{mark} {} {:<7} {} {} venv {} deployments {}{}\n",
+            r.revision,
+            state,
+            r.last_change,
+            if r.on_disk { "on disk" } else { "removed" },
+            r.venv.as_deref().unwrap_or("-"),
+            r.deployment_ids.join(","),
+            r.last_message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default()
+        ));
+    }
+    Ok(out.trim_end().to_owned())
+}

@@ -1,0 +1,270 @@
+//! The `process` service manager: runs a unit's ExecStart as the unit's user, in a session of
+//! its own, detached from the hook's stdout and stderr (the agent fails a hook whose children
+//! keep them open), with a pidfile and a log file under the app root.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+use crate::{after_install::read_env_file, users, util::Log};
+
+/// Where the supervisor keeps its files, and the sandbox root that unit paths live under.
+pub struct Supervisor {
+    /// `--root`.
+    pub root: PathBuf,
+    /// The app root on the host.
+    pub app_root: PathBuf,
+}
+
+/// The parts of a unit the supervisor needs.
+#[derive(Debug, Default, PartialEq)]
+pub struct UnitSpec {
+    /// ExecStart's words, unquoted.
+    pub exec: Vec<String>,
+    /// User=.
+    pub user: Option<String>,
+    /// Group=.
+    pub group: Option<String>,
+    /// WorkingDirectory=.
+    pub working_directory: Option<String>,
+    /// EnvironmentFile= (without a leading `-`), and whether it may be missing.
+    pub environment_files: Vec<(String, bool)>,
+    /// Environment= assignments.
+    pub environment: Vec<(String, String)>,
+    /// TimeoutStopSec=.
+    pub stop_timeout: Option<u64>,
+}
+
+/// Splits a unit value into words by systemd.syntax: double or single quotes, C escapes, and
+/// (for command lines) `%%` and `$$`.
+pub fn unit_words(value: &str, command_line: bool) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut chars = value.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let Some(&first) = chars.peek() else { break };
+        let quote = (first == '"' || first == '\'').then(|| chars.next().unwrap());
+        let mut word = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                c if Some(c) == quote => break,
+                c if quote.is_none() && c.is_whitespace() => break,
+                '\\' => match chars.next() {
+                    Some('n') => word.push('\n'),
+                    Some('t') => word.push('\t'),
+                    Some('s') => word.push(' '),
+                    Some('x') => {
+                        let hex: String = chars.by_ref().take(2).collect();
+                        if let Ok(b) = u8::from_str_radix(&hex, 16) {
+                            word.push(b as char);
+                        }
+                    }
+                    Some(other) => word.push(other),
+                    None => {}
+                },
+                '%' if chars.peek() == Some(&'%') => {
+                    chars.next();
+                    word.push('%');
+                }
+                '$' if command_line && chars.peek() == Some(&'$') => {
+                    chars.next();
+                    word.push('$');
+                }
+                c => word.push(c),
+            }
+        }
+        words.push(word);
+    }
+    words
+}
+
+impl UnitSpec {
+    /// Reads the `[Service]` keys the supervisor uses.
+    pub fn parse(text: &str) -> UnitSpec {
+        let mut spec = UnitSpec::default();
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once('=') else { continue };
+            match key.trim() {
+                "ExecStart" => spec.exec = unit_words(value, true),
+                "User" => spec.user = Some(value.trim().to_owned()),
+                "Group" => spec.group = Some(value.trim().to_owned()),
+                "WorkingDirectory" => spec.working_directory = Some(value.trim().replace("%%", "%")),
+                "EnvironmentFile" => {
+                    let value = value.trim().replace("%%", "%");
+                    match value.strip_prefix('-') {
+                        Some(path) => spec.environment_files.push((path.to_owned(), true)),
+                        None => spec.environment_files.push((value, false)),
+                    }
+                }
+                "Environment" => {
+                    for word in unit_words(value, false) {
+                        if let Some((k, v)) = word.split_once('=') {
+                            spec.environment.push((k.to_owned(), v.to_owned()));
+                        }
+                    }
+                }
+                "TimeoutStopSec" => spec.stop_timeout = value.trim().parse().ok(),
+                _ => {}
+            }
+        }
+        spec
+    }
+}
+
+/// `/proc/<pid>/stat`'s start time and state, or None when the process is gone.
+fn proc_stat(pid: i32) -> Option<(String, char)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    Some((fields.get(19)?.to_string(), state))
+}
+
+impl Supervisor {
+    fn pidfile(&self) -> PathBuf {
+        self.app_root.join("service.pid")
+    }
+
+    /// The log file the service writes to.
+    pub fn log_file(&self) -> PathBuf {
+        self.app_root.join("logs/service.log")
+    }
+
+    fn host(&self, abs: &str) -> PathBuf {
+        self.root.join(abs.trim_start_matches('/'))
+    }
+
+    /// The running service's pid, checked against its recorded start time.
+    pub fn running(&self) -> Option<i32> {
+        let text = fs::read_to_string(self.pidfile()).ok()?;
+        let (pid, start) = text.trim().split_once(' ')?;
+        let pid: i32 = pid.parse().ok()?;
+        let (now_start, state) = proc_stat(pid)?;
+        (now_start == start && state != 'Z' && state != 'X').then_some(pid)
+    }
+
+    /// `active (pid N)` or `inactive`.
+    pub fn state(&self) -> String {
+        match self.running() {
+            Some(pid) => format!("active (process {pid})"),
+            None => "inactive".into(),
+        }
+    }
+
+    /// Starts the unit's ExecStart; fails when it is already running.
+    pub fn start(&self, unit_file: &Path, log: &Log) -> anyhow::Result<()> {
+        let text =
+            fs::read_to_string(unit_file).with_context(|| format!("cannot read {}", unit_file.display()))?;
+        let spec = UnitSpec::parse(&text);
+        let Some(program) = spec.exec.first() else { bail!("{}: no ExecStart", unit_file.display()) };
+        let mut cmd =
+            Command::new(if program.starts_with('/') { self.host(program) } else { PathBuf::from(program) });
+        cmd.args(&spec.exec[1..])
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("LANG", "C.UTF-8");
+        for (file, optional) in &spec.environment_files {
+            let path = self.host(file);
+            if !optional && !path.exists() {
+                bail!("EnvironmentFile {} does not exist", path.display());
+            }
+            cmd.envs(read_env_file(&path));
+        }
+        cmd.envs(spec.environment.iter().map(|(k, v)| (k, v)));
+        if let Some(dir) = &spec.working_directory {
+            // Like systemd: entered once, at start, so the process sees the physical path.
+            let dir = fs::canonicalize(self.host(dir))
+                .with_context(|| format!("WorkingDirectory {dir} does not exist"))?;
+            cmd.current_dir(dir);
+        }
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0
+            && let Some(user) = &spec.user
+        {
+            let ids = users::resolve(&self.root, user, spec.group.as_deref().unwrap_or(user))?;
+            cmd.uid(ids.uid).gid(ids.gid);
+        }
+        let log_file = self.log_file();
+        let out = fs::OpenOptions::new().create(true).append(true).open(&log_file)?;
+        cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().with_context(|| format!("cannot start {program}"))?;
+        let pid = child.id() as i32;
+        let (start, _) = proc_stat(pid).context("the service exited at once")?;
+        fs::write(self.pidfile(), format!("{pid} {start}\n"))?;
+        log.info(format!("started {program} as process {pid}; output in {}", log_file.display()));
+        Ok(())
+    }
+
+    /// Stops the service: SIGTERM to its process group, SIGKILL after the unit's stop timeout.
+    pub fn stop(&self, log: &Log) -> anyhow::Result<()> {
+        let Some(pid) = self.running() else {
+            let _ = fs::remove_file(self.pidfile());
+            return Ok(());
+        };
+        // SAFETY: plain syscalls on the group the supervisor created.
+        unsafe { libc::kill(-pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline && self.running().is_some() {
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if self.running().is_some() {
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            log.info(format!("process {pid} did not stop in 20s; killed it"));
+        }
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+        let _ = fs::remove_file(self.pidfile());
+        log.info(format!("stopped process {pid}"));
+        Ok(())
+    }
+
+    /// Stops, then starts.
+    pub fn restart(&self, unit_file: &Path, log: &Log) -> anyhow::Result<()> {
+        self.stop(log)?;
+        self.start(unit_file, log)
+    }
+
+    /// The last lines of the service's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let Ok(file) = fs::File::open(self.log_file()) else { return String::new() };
+        let all: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unquotes_what_the_renderer_quotes() {
+        let words =
+            unit_words(r#""plain" "with space" "50%%" "$$HOME" "q\"uote" "back\\slash" "" bare"#, true);
+        assert_eq!(words, ["plain", "with space", "50%", "$HOME", "q\"uote", "back\\slash", "", "bare"]);
+        let spec = UnitSpec::parse(
+            "[Service]\nUser=snake\nEnvironment=\"A=x y\" \"B=100%%\"\nEnvironmentFile=-/e\nTimeoutStopSec=15\n",
+        );
+        assert_eq!(spec.user.as_deref(), Some("snake"));
+        assert_eq!(spec.environment, [("A".into(), "x y".into()), ("B".into(), "100%".into())]);
+        assert_eq!(spec.environment_files, [("/e".to_owned(), true)]);
+        assert_eq!(spec.stop_timeout, Some(15));
+    }
+}
