@@ -536,6 +536,10 @@ fn escapes(path: &str) -> bool {
 
 fn check_files(files: &Node, ctx: &mut Ctx, spec: &mut Spec) {
     let Value::Seq(items) = &files.value else {
+        if matches!(&files.value, Value::Map(pairs) if pairs.is_empty()) {
+            // `{}.each` yields nothing.
+            return;
+        }
         let message = if matches!(files.value, Value::Map(_)) {
             "TypeError: no implicit conversion of String into Integer (`files` is a mapping, not a list)"
                 .to_owned()
@@ -557,7 +561,7 @@ fn check_files(files: &Node, ctx: &mut Ctx, spec: &mut Spec) {
                 (entry.get("source"), entry.get("destination"))
             }
             // `"text"['source']` is nil (a substring search); `[...]['source']` is a TypeError.
-            Value::Str(_) => (None, None),
+            Value::Str(_) | Value::Symbol(_) => (None, None),
             _ => {
                 ctx.crash(
                     entry,
@@ -610,6 +614,9 @@ fn check_files(files: &Node, ctx: &mut Ctx, spec: &mut Spec) {
 
 fn check_permissions(permissions: &Node, os: Option<&str>, ctx: &mut Ctx) {
     let Value::Seq(items) = &permissions.value else {
+        if matches!(&permissions.value, Value::Map(pairs) if pairs.is_empty()) {
+            return;
+        }
         ctx.crash(
             permissions,
             "appspec.permissions",
@@ -662,12 +669,34 @@ fn check_permissions(permissions: &Node, os: Option<&str>, ctx: &mut Ctx) {
             );
         }
         if let Some(types) = permission.get("type").filter(|t| !t.is_null()) {
+            let unsupported = |shown: String| {
+                format!(
+                    "The deployment failed because the application specification filespecifies a permission for an object type not supported for permissions ({shown}). Update the permissions section of the AppSpec file, and then try again."
+                )
+            };
             match &types.value {
                 Value::Seq(list) => {
                     for t in list {
                         if !matches!(t.as_str(), Some("file" | "directory")) {
-                            ctx.error(t, "appspec.permission-type", format!("The deployment failed because the application specification filespecifies a permission for an object type not supported for permissions ({}). Update the permissions section of the AppSpec file, and then try again.", t.ruby_to_s()), "use `file` or `directory`");
+                            ctx.error(
+                                t,
+                                "appspec.permission-type",
+                                unsupported(t.ruby_to_s()),
+                                "use `file` or `directory`",
+                            );
                         }
+                    }
+                }
+                // `Hash#each` yields `[key, value]` pairs, never "file" or "directory".
+                Value::Map(pairs) => {
+                    for (k, v) in pairs {
+                        let shown = format!("[{}, {}]", k.ruby_inspect(), v.ruby_inspect());
+                        ctx.error(
+                            k,
+                            "appspec.permission-type",
+                            unsupported(shown),
+                            "write `type:` as a list: `type: [file]`",
+                        );
                     }
                 }
                 _ => ctx.crash(
@@ -834,17 +863,40 @@ fn check_ace(ace: &str) -> Result<(), String> {
 
 fn check_context(context: &Node, ctx: &mut Ctx) {
     ctx.warn(context, "appspec.context-local", "codedeploy-local crashes on any context entry (NameError: uninitialized constant ContextInfo); only the daemon handles them", "test this revision with the daemon, not codedeploy-local");
-    if !matches!(context.value, Value::Map(_)) {
-        ctx.crash(
-            context,
-            "appspec.context",
-            format!("NoMethodError or TypeError: context {} is not a mapping", context.ruby_inspect()),
-            "write `context:` as a mapping with `type`",
-        );
-        return;
-    }
-    if context.get("type").is_none_or(Node::is_null) {
-        ctx.error(context, "appspec.context", format!("The deployment failed because the application specification file specifies an invalid context type ({}). Update the permissions section of the AppSpec file, and then try again.", context.ruby_inspect()), "add `type:` (an SELinux type such as httpd_sys_content_t)");
+    let invalid_type = format!(
+        "The deployment failed because the application specification file specifies an invalid context type ({}). Update the permissions section of the AppSpec file, and then try again.",
+        context.ruby_inspect()
+    );
+    let fix = "write `context:` as a mapping with `type`";
+    match &context.value {
+        Value::Map(_) => {
+            if context.get("type").is_none_or(Node::is_null) {
+                ctx.error(
+                    context,
+                    "appspec.context",
+                    invalid_type,
+                    "add `type:` (an SELinux type such as httpd_sys_content_t)",
+                );
+            }
+        }
+        // `"text"['type']` is nil: the agent's own message.
+        Value::Str(_) | Value::Symbol(_) => {
+            ctx.error(context, "appspec.context", invalid_type, fix);
+            return;
+        }
+        Value::Int(_) | Value::Seq(_) => {
+            ctx.crash(
+                context,
+                "appspec.context",
+                "TypeError: no implicit conversion of String into Integer".into(),
+                fix,
+            );
+            return;
+        }
+        _ => {
+            ctx.crash(context, "appspec.context", no_method("[]", context), fix);
+            return;
+        }
     }
     if let Some(range) = context.get("range").filter(|r| !r.is_null()) {
         let text = range.ruby_to_s();

@@ -340,6 +340,19 @@ fn cases() -> Vec<(String, String, Vec<&'static str>)> {
             ["W:appspec.context-local", "E:appspec.context"]
         ),
         case!(
+            "context as a string",
+            "permissions:\n  - object: /opt/app\n    context: httpd_t\n",
+            ["W:appspec.context-local", "E:appspec.context"]
+        ),
+        case!(
+            "type as a mapping",
+            "permissions:\n  - object: /opt/app\n    type: {file: 1}\n",
+            ["E:appspec.permission-type"]
+        ),
+        case!("permissions empty mapping", "permissions: {}\n", []),
+        case!("files empty mapping", "files: {}\n", []),
+        case!("files entry as a symbol", "files:\n  - :app\n", ["E:appspec.files-source"]),
+        case!(
             "context category over 1023",
             "permissions:\n  - object: /opt/app\n    context:\n      type: t\n      range: s0:c1024\n",
             ["W:appspec.context-local", "E:appspec.context"]
