@@ -42,12 +42,13 @@ rootfs_tar=$cache/rootfs-$script_hash.tar.zst
 rootfs_dir=$cache/rootfs-$script_hash
 
 # The first `deb` source serving $suite (not -updates/-security) with component main.
+# (Each awk exits at its first match; no pipes, so pipefail cannot trip on SIGPIPE.)
 debian_mirror() {
-    local f
+    local f found
     for f in /etc/apt/sources.list.d/*.sources; do
         [[ -f $f ]] || continue
         # deb822 stanzas are separated by blank lines.
-        awk -v suite="$suite" '
+        found=$(awk -v suite="$suite" '
             function flush() {
                 if (types ~ /(^| )deb( |$)/ && suites ~ ("(^| )" suite "( |$)") &&
                     comps ~ /(^| )main( |$)/ && enabled !~ /^[Nn]o$/ && uris != "") {
@@ -63,14 +64,17 @@ debian_mirror() {
             /^Components:/ { sub(/^Components:[ \t]*/, ""); comps = $0 }
             /^Enabled:/ { sub(/^Enabled:[ \t]*/, ""); enabled = $0 }
             END { if (!found) flush() }
-        ' "$f" | head -n1
+        ' "$f")
+        if [[ -n $found ]]; then echo "$found"; return 0; fi
     done
     for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
         [[ -f $f ]] || continue
         # deb [options] URI SUITE COMPONENT...
-        sed -e 's/\[[^]]*\]//' "$f" | awk -v suite="$suite" '
+        found=$(awk -v suite="$suite" '
+            { gsub(/\[[^]]*\]/, "") }
             $1 == "deb" && $3 == suite { for (i = 4; i <= NF; i++) if ($i == "main") { print $2; exit } }
-        '
+        ' "$f")
+        if [[ -n $found ]]; then echo "$found"; return 0; fi
     done
 }
 
@@ -79,7 +83,7 @@ build_rootfs() {
     command -v debootstrap >/dev/null || die "debootstrap is not installed (apt-get install debootstrap)"
     command -v zstd >/dev/null || die "zstd is not installed (apt-get install zstd)"
     local mirror
-    mirror=$(debian_mirror | head -n1)
+    mirror=$(debian_mirror)
     [[ -n $mirror ]] || die "no apt source for '$suite' main found in /etc/apt/sources.list(.d)"
     log "building $suite rootfs from $mirror (about a minute)"
     local work
