@@ -3,4 +3,5 @@
 mod after_install;
 mod bundle;
 mod container;
+mod lifecycle;
 mod verify;

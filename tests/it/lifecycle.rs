@@ -1,0 +1,227 @@
+//! Every lifecycle event and the outside commands in a sandbox, with the `process` service
+//! manager running the real hypercorn from the release: health gate, automatic revert, rollback,
+//! status, prune.
+
+use std::{fs, path::Path, process::Output, time::Duration};
+
+use tests::{
+    build_bundle, describe,
+    sandbox::{Sandbox, example_variant, free_port, http_get},
+};
+
+fn last_line(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).lines().last().unwrap_or_default().to_owned()
+}
+
+/// Kills the sandbox's supervised service when the test ends, pass or fail.
+struct StopService<'a>(&'a Sandbox);
+
+impl Drop for StopService<'_> {
+    fn drop(&mut self) {
+        if let Ok(text) = fs::read_to_string(self.0.app_root().join("service.pid"))
+            && let Some(pid) = text.split(' ').next()
+        {
+            let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
+        }
+    }
+}
+
+/// Runs `events` of one deployment in order with the process manager; returns each output.
+fn deploy(sandbox: &Sandbox, archive: &Path, deployment_id: &str, events: &[&str]) -> Vec<Output> {
+    events
+        .iter()
+        .map(|event| {
+            sandbox
+                .hook(archive, event, deployment_id)
+                .env("DEPLOY_HOOK_SERVICE_MANAGER", "process")
+                .output()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn edit(app: &Path, file: &str, from: &str, to: &str) {
+    let path = app.join(file);
+    let text = fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{file} lacks {from:?}");
+    fs::write(path, text.replacen(from, to, 1)).unwrap();
+}
+
+fn revision_served(port: u16) -> String {
+    let (status, body) = http_get(port, "/healthz", Duration::from_secs(20)).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    json["revision"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn health_gate_reverts_and_rollback_and_status_tell_the_story() {
+    let port = free_port();
+    let (dir, app) = example_variant(port, &[("deadline: 60", "deadline: 6")]).unwrap();
+    let mut sandbox = Sandbox::new().unwrap();
+    sandbox.provide_uv().unwrap();
+    let _stop = StopService(&sandbox);
+    let first = ["BeforeInstall", "AfterInstall", "ApplicationStart", "ValidateService"];
+    let later = ["BeforeInstall", "AfterInstall", "ApplicationStart", "ValidateService"];
+
+    let bundle_a = build_bundle(&app, &dir.path().join("a"), &[]).unwrap();
+    let archive_a = sandbox.extract(&bundle_a, "d-LIFEA0001").unwrap();
+    for out in deploy(&sandbox, &archive_a, "d-LIFEA0001", &first) {
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+    let rev_a = sandbox.current().unwrap();
+    assert_eq!(revision_served(port), rev_a);
+
+    edit(&app, "src/app.py", "hello", "hello B");
+    let bundle_b = build_bundle(&app, &dir.path().join("b"), &[]).unwrap();
+    let archive_b = sandbox.extract(&bundle_b, "d-LIFEB0001").unwrap();
+    // ApplicationStop runs from the previous revision's archive, with the new deployment id.
+    let stop = deploy(&sandbox, &archive_a, "d-LIFEB0001", &["ApplicationStop"]).remove(0);
+    assert!(stop.status.success() && last_line(&stop).contains("keeps serving"), "{}", describe(&stop));
+    for out in deploy(&sandbox, &archive_b, "d-LIFEB0001", &later) {
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+    let rev_b = sandbox.current().unwrap();
+    assert_eq!(revision_served(port), rev_b);
+
+    // A revision whose health check fails: ValidateService goes back to B and marks C bad.
+    edit(
+        &app,
+        "src/app.py",
+        "await _send(send, 200, body, b\"application/json\")",
+        "await _send(send, 503, body, b\"application/json\")",
+    );
+    let bundle_c = build_bundle(&app, &dir.path().join("c"), &[]).unwrap();
+    let archive_c = sandbox.extract(&bundle_c, "d-LIFEC0001").unwrap();
+    let outs = deploy(&sandbox, &archive_c, "d-LIFEC0001", &later);
+    for out in &outs[..3] {
+        assert!(out.status.success(), "{}", describe(out));
+    }
+    let validate = &outs[3];
+    assert_eq!(validate.status.code(), Some(1), "{}", describe(validate));
+    let verdict = last_line(validate);
+    assert!(verdict.starts_with("validate-service failed: GET http://127.0.0.1:"), "{verdict}");
+    assert!(
+        verdict.contains("HTTP 503") && verdict.contains(&format!("back on {rev_b} (healthy)")),
+        "{verdict}"
+    );
+    let rev_c = fs::read_to_string(archive_c.join("deploy/MANIFEST"))
+        .map(|m| packaging::Manifest::revision_id(&m))
+        .unwrap();
+    assert!(verdict.contains(&format!("{rev_c} marked bad")), "{verdict}");
+    assert!(
+        String::from_utf8_lossy(&validate.stdout).contains("the service's last log lines"),
+        "{}",
+        describe(validate)
+    );
+    assert_eq!(sandbox.current().as_deref(), Some(rev_b.as_str()));
+    assert_eq!(revision_served(port), rev_b);
+
+    // By hand: rollback refuses the bad release, then goes back to A.
+    let hook = |args: &[&str]| {
+        sandbox
+            .hook(&archive_b, "", "d-UNUSED0001")
+            .env_remove("LIFECYCLE_EVENT")
+            .env("DEPLOY_HOOK_SERVICE_MANAGER", "process")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let refused = hook(&["rollback", "--to", &rev_c]);
+    assert_eq!(refused.status.code(), Some(1), "{}", describe(&refused));
+    assert!(last_line(&refused).contains("is marked Bad; pass --force"), "{}", describe(&refused));
+    let back = hook(&["rollback"]);
+    assert!(back.status.success(), "{}", describe(&back));
+    assert_eq!(last_line(&back), format!("rollback ok: {rev_a} live and healthy (was {rev_b})"));
+    assert_eq!(revision_served(port), rev_a);
+
+    let status = hook(&["status", "--json"]);
+    assert!(status.status.success(), "{}", describe(&status));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["current"], rev_a.as_str());
+    assert_eq!(status["previous"], rev_b.as_str());
+    assert!(status["service"].as_str().unwrap().starts_with("active"), "{status}");
+    let state_of = |rev: &str| {
+        status["releases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["revision"] == rev)
+            .map(|r| r["state"].clone())
+            .unwrap()
+    };
+    assert_eq!(state_of(&rev_a), "live");
+    assert_eq!(state_of(&rev_b), "live");
+    assert_eq!(state_of(&rev_c), "bad");
+    let events: Vec<&str> =
+        status["journal"].as_array().unwrap().iter().map(|r| r["event"].as_str().unwrap()).collect();
+    assert!(events.contains(&"Rollback") && events.contains(&"ValidateService"), "{events:?}");
+
+    let human = hook(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&human.stdout).contains(&format!("current {rev_a}, previous {rev_b}")),
+        "{}",
+        describe(&human)
+    );
+
+    // Prune by hand keeps the current and the previous whatever N says; the bad one stays for forensics.
+    let pruned = hook(&["prune", "--keep", "1"]);
+    assert!(pruned.status.success(), "{}", describe(&pruned));
+    let releases = sandbox.listing("releases");
+    assert!(
+        releases.contains(&rev_a) && releases.contains(&rev_b) && releases.contains(&rev_c),
+        "{releases:?}"
+    );
+}
+
+#[test]
+fn events_that_must_not_fail_and_preflight_errors() {
+    let sandbox = Sandbox::new().unwrap();
+    let archive = sandbox.extract(tests::example_bundle(), "d-EVENTS001").unwrap();
+    // ApplicationStop before anything was installed: exit 0.
+    let out = sandbox.hook(&archive, "ApplicationStop", "d-EVENTS001").output().unwrap();
+    assert!(
+        out.status.success() && last_line(&out).contains("not installed, nothing to stop"),
+        "{}",
+        describe(&out)
+    );
+    // An event with nothing configured: exit 0 and say so.
+    let out = sandbox.hook(&archive, "BeforeAllowTraffic", "d-EVENTS001").output().unwrap();
+    assert!(out.status.success() && last_line(&out).contains("nothing is configured"), "{}", describe(&out));
+    let out = sandbox.hook(&archive, "SomethingNew", "d-EVENTS001").output().unwrap();
+    assert!(out.status.success() && last_line(&out).contains("nothing is configured"), "{}", describe(&out));
+    // BeforeInstall passes here, and names the user and the space it checked.
+    let out = sandbox.hook(&archive, "BeforeInstall", "d-EVENTS001").output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(last_line(&out).starts_with("before-install ok: user snake (1500:1500)"), "{}", describe(&out));
+    // Without the app user, it says how to create it.
+    fs::write(sandbox.root.join("etc/passwd"), "root:x:0:0::/root:/bin/bash\n").unwrap();
+    let out = sandbox.hook(&archive, "BeforeInstall", "d-EVENTS001").output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        last_line(&out)
+            .contains("the user \"snake\" does not exist on this instance (create it first: useradd"),
+        "{}",
+        describe(&out)
+    );
+    // ApplicationStop still exits 0, with a warning.
+    let out = sandbox.hook(&archive, "ApplicationStop", "d-EVENTS001").output().unwrap();
+    assert!(out.status.success() && last_line(&out).contains("with a warning"), "{}", describe(&out));
+}
+
+#[test]
+fn a_missing_interpreter_fails_preflight() {
+    let port = free_port();
+    let (dir, app) =
+        example_variant(port, &[("python: /usr/bin/python3", "python: /opt/nowhere/python3")]).unwrap();
+    let bundle = build_bundle(&app, &dir.path().join("a"), &[]).unwrap();
+    let sandbox = Sandbox::new().unwrap();
+    let archive = sandbox.extract(&bundle, "d-NOPY00001").unwrap();
+    let out = sandbox.hook(&archive, "BeforeInstall", "d-NOPY00001").output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        last_line(&out).contains("the interpreter /opt/nowhere/python3 does not exist"),
+        "{}",
+        describe(&out)
+    );
+}
