@@ -429,7 +429,7 @@ fn read_tar(stream: Box<dyn Read>, gzip: bool, c: &mut Collector<'_>) {
         let shown = String::from_utf8_lossy(&raw).into_owned();
         let header = entry.header();
         let kind = header.entry_type();
-        let mode = header.mode().unwrap_or(0) & 0o7777;
+        let mut mode = header.mode().unwrap_or(0) & 0o7777;
         let uid = header.uid().unwrap_or(0);
         let gid = header.gid().unwrap_or(0);
         let size = entry.size();
@@ -477,7 +477,11 @@ fn read_tar(stream: Box<dyn Read>, gzip: bool, c: &mut Collector<'_>) {
                 let target = link.unwrap_or_default();
                 let resolved = normalize_link_target(&target);
                 match resolved.as_ref().and_then(|t| c.items.get(t)) {
-                    Some(Item { kind: kind @ Kind::File { .. }, .. }) => kind.clone(),
+                    Some(item @ Item { kind: Kind::File { .. }, .. }) => {
+                        // A hard link shares its target's inode, mode included.
+                        mode = item.mode;
+                        item.kind.clone()
+                    }
                     _ => {
                         c.findings.push(err(
                             &shown,

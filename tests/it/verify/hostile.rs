@@ -152,6 +152,14 @@ fn hardlink_escapes() {
     assert_error(&verify_members(&dangling), "archive.hardlink-escape");
     let inside = with(vec![Member::link("scripts/copy.sh", EntryType::Link, "scripts/install.sh")]);
     assert!(verify_members(&inside).findings.is_empty());
+    // A hard link shares its target's mode, whatever its own header says: a hook through it is
+    // executable.
+    let mut through = inside;
+    let appspec = super::APPSPEC.replace("scripts/install.sh", "scripts/copy.sh");
+    through[0] = Member::file("appspec.yml", 0o644, appspec.as_bytes());
+    through.last_mut().unwrap().mode = 0o644;
+    let report = verify_members(&through);
+    assert!(report.findings.is_empty(), "{:?}", rules(&report));
 }
 
 #[test]
