@@ -4,4 +4,5 @@ mod after_install;
 mod bundle;
 mod container;
 mod lifecycle;
+mod systemd;
 mod verify;
