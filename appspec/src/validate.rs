@@ -472,6 +472,16 @@ fn check_timeout(t: &Node, ctx: &mut Ctx) -> i128 {
             return 3600;
         }
         Value::Int(n) => *n,
+        Value::Float(f) if !f.is_finite() => {
+            let shown = yaml11::ruby_float_to_s(*f);
+            ctx.crash(
+                t,
+                "appspec.timeout",
+                format!("FloatDomainError: {shown}"),
+                "write a whole number of seconds, 1 to 3600",
+            );
+            return 0;
+        }
         Value::Float(f) => {
             let n = f.trunc() as i128;
             ctx.warn(

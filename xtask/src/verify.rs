@@ -73,7 +73,12 @@ impl Report {
             plural(self.errors(), "error"),
             plural(self.warnings(), "warning"),
             plural(self.files, "file"),
-            if self.ours { ", ours" } else { "" },
+            match (&self.stripped, self.ours) {
+                (Some(dir), true) => format!(", ours, in {dir}/"),
+                (Some(dir), false) => format!(", in {dir}/"),
+                (None, true) => ", ours".to_owned(),
+                (None, false) => String::new(),
+            },
         ));
         out
     }

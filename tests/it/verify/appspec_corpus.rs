@@ -207,6 +207,11 @@ fn cases() -> Vec<(String, String, Vec<&'static str>)> {
             ["E:appspec.timeout", "W:yaml.bool"]
         ),
         case!(
+            "timeout infinite",
+            "hooks:\n  AfterInstall:\n  - location: bin/h\n    timeout: .inf\n",
+            ["E:appspec.timeout"]
+        ),
+        case!(
             "runas yes",
             "hooks:\n  AfterInstall:\n  - location: bin/h\n    runas: yes\n",
             ["E:appspec.runas", "W:yaml.bool"]
