@@ -146,6 +146,9 @@ struct Collector<'a> {
     /// Paths listed as symlinks, for the "through a symlink" check.
     symlinks: BTreeSet<String>,
     retained: u64,
+    /// Entries owned by another uid or gid than 0, and the first of them.
+    foreign_owners: usize,
+    first_foreign_owner: Option<String>,
 }
 
 fn err(file: &str, rule: &'static str, message: String, fix: &str) -> Finding {
@@ -277,12 +280,11 @@ impl Collector<'_> {
             ));
         }
         if uid != 0 || gid != 0 {
-            self.findings.push(warn(
-                shown,
-                "archive.owner",
-                format!("owned by {uid}:{gid}: the agent extracts as root and keeps these ids"),
-                "build the archive with owner 0:0 (tar --owner=0 --group=0 --numeric-owner)",
-            ));
+            // One finding for the archive, not one per entry.
+            self.foreign_owners += 1;
+            if self.first_foreign_owner.is_none() {
+                self.first_foreign_owner = Some(format!("{shown} is {uid}:{gid}"));
+            }
         }
     }
 
@@ -338,6 +340,8 @@ pub fn read(path: &Path, limits: &Limits) -> Result<Revision, ReadError> {
         items: BTreeMap::new(),
         symlinks: BTreeSet::new(),
         retained: 0,
+        foreign_owners: 0,
+        first_foreign_owner: None,
     };
     if meta.is_dir() {
         read_dir(path, &mut collector).map_err(io_err)?;
@@ -436,7 +440,13 @@ fn read_tar(stream: Box<dyn Read>, gzip: bool, c: &mut Collector<'_>) {
         let link = entry.link_name_bytes().map(|l| String::from_utf8_lossy(&l).into_owned());
         let path = match normalize(&raw, &shown) {
             Ok(Some(path)) => path,
-            Ok(None) => continue,
+            Ok(None) => {
+                // The root directory itself: its owner and mode become the revision's.
+                if kind.is_dir() {
+                    c.check_mode(&shown, header.mode().unwrap_or(0) & 0o7777, uid, gid);
+                }
+                continue;
+            }
             Err(f) => {
                 c.findings.push(*f);
                 continue;
@@ -621,7 +631,17 @@ const NOT_FOUND: &str = "The CodeDeploy agent did not find an AppSpec file withi
 /// Adds implied directories, applies the agent's top-level directory stripping and checks the
 /// layout.
 fn finish(c: Collector<'_>) -> Revision {
-    let Collector { name, mut findings, mut items, .. } = c;
+    let Collector { name, mut findings, mut items, foreign_owners, first_foreign_owner, .. } = c;
+    if let Some(first) = first_foreign_owner {
+        findings.push(warn(
+            &name,
+            "archive.owner",
+            format!(
+                "{foreign_owners} entries are not owned by root ({first}): the agent extracts as root and keeps these ids"
+            ),
+            "build the archive with owner 0:0 (tar --owner=0 --group=0 --numeric-owner)",
+        ));
+    }
     let paths: Vec<String> = items.keys().cloned().collect();
     for path in paths {
         let mut p = path.as_str();
