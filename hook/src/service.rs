@@ -115,8 +115,12 @@ impl Service<'_> {
     pub fn state(&self) -> String {
         match self.manager {
             Manager::Systemd => match systemctl(&["is-active", self.unit]) {
-                Ok(out) => String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-                Err(_) => "unknown".into(),
+                Ok(out) if !out.stdout.is_empty() => String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+                Ok(out) => {
+                    let why = String::from_utf8_lossy(&out.stderr);
+                    format!("unknown ({})", why.lines().next().unwrap_or("systemctl said nothing"))
+                }
+                Err(err) => format!("unknown ({err:#})"),
             },
             Manager::Process => self.supervisor.state(),
             Manager::None => "unknown (service manager none)".into(),

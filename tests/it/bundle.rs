@@ -127,6 +127,22 @@ fn aarch64_bundle_runs_under_qemu() {
     assert!(release.contains("\narch: aarch64\n"), "{release}");
     let out = run_ok(Command::new("qemu-aarch64-static").arg(&hook).arg("--version")).unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "deploy-hook 0.0.0\n");
+
+    // `status` reads its revision (found from its own path) and a sandboxed instance.
+    let sandbox = tests::sandbox::Sandbox::new().unwrap();
+    let archive = sandbox.extract(&paths[1], "d-ARM000001").unwrap();
+    let out = run_ok(
+        Command::new("qemu-aarch64-static")
+            .arg(archive.join("bin/deploy-hook"))
+            .args(["--service-manager", "none", "--root"])
+            .arg(&sandbox.root)
+            .args(["status", "--json"]),
+    )
+    .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["app"], "python-app");
+    assert_eq!(status["current"], serde_json::Value::Null);
+    assert_eq!(status["releases"], serde_json::json!([]));
 }
 
 #[test]
