@@ -697,8 +697,12 @@ fn finish(c: Collector<'_>) -> Revision {
         )),
         None => {
             let nested: Vec<&String> = items.keys().filter(|k| k.ends_with("/appspec.yml")).collect();
-            let fix = if items.contains_key("appspec.yaml") {
-                "rename appspec.yaml to appspec.yml: hooks read only appspec.yml".to_owned()
+            let other_case = items.keys().find(|k| {
+                !k.contains('/')
+                    && (k.eq_ignore_ascii_case("appspec.yml") || k.eq_ignore_ascii_case("appspec.yaml"))
+            });
+            let fix = if let Some(other) = other_case {
+                format!("rename {other} to appspec.yml: the agent reads only that name, case-sensitively")
             } else if let Some(path) = nested.first() {
                 format!(
                     "put appspec.yml at the archive root (it is at {path}), or leave its directory alone at the top level"

@@ -240,6 +240,10 @@ fn appspec_yaml_is_not_enough() {
     let report = verify_members(&members);
     assert_error(&report, "archive.appspec-missing");
     assert!(report.findings.iter().any(|f| f.fix.contains("rename appspec.yaml")));
+    members[0] = Member::file("AppSpec.yml", 0o644, super::APPSPEC.as_bytes());
+    let report = verify_members(&members);
+    assert_error(&report, "archive.appspec-missing");
+    assert!(report.findings.iter().any(|f| f.fix.starts_with("rename AppSpec.yml to appspec.yml")));
 }
 
 #[test]
