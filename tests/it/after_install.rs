@@ -374,3 +374,53 @@ fn two_hooks_at_once_are_serialized() {
     assert_eq!(sandbox.current().as_deref(), Some(states[3].0.as_str()));
     assert_nothing_half_built(&sandbox);
 }
+
+#[test]
+fn pruning_keeps_good_releases_by_journal_order_and_drops_unused_venvs() {
+    let port = free_port();
+    let (dir, app) = example_variant(port, &[("keep_releases: 5", "keep_releases: 2")]).unwrap();
+    let mut sandbox = Sandbox::new().unwrap();
+    sandbox.provide_uv().unwrap();
+    let mut n = 0;
+    let mut deploy = |sandbox: &Sandbox, app: &Path, tag: &str| -> (String, Output) {
+        n += 1;
+        edit_file(app, "src/app.py", "hello", &format!("hello {tag}"));
+        let bundle = build_bundle(app, &dir.path().join(tag), &[]).unwrap();
+        let out = sandbox.after_install(&bundle, &format!("d-PRUNE000{n}")).unwrap();
+        (sandbox.current().unwrap_or_default(), out)
+    };
+    let (a, out) = deploy(&sandbox, &app, "A");
+    assert_ok(&out);
+    edit_file(&app, "requirements.pip", "wsproto==1.3.2", "wsproto==1.3.2\n# B's own venv");
+    let (b, out) = deploy(&sandbox, &app, "B");
+    assert_ok(&out);
+    assert_eq!(sandbox.listing("venvs").len(), 2);
+    edit_file(&app, "requirements.pip", "\n# B's own venv", "");
+    let (c, out) = deploy(&sandbox, &app, "C");
+    assert_ok(&out);
+    let (d, out) = deploy(&sandbox, &app, "D");
+    assert_ok(&out);
+    // Kept: D (current), C (previous); A and B pruned, and B's venv with it.
+    let releases = sandbox.listing("releases");
+    assert_eq!(releases, {
+        let mut v = vec![c.clone(), d.clone()];
+        v.sort();
+        v
+    });
+    assert_eq!(sandbox.listing("venvs").len(), 1, "B's venv is unused now");
+    let pruned: Vec<String> = sandbox
+        .journal()
+        .iter()
+        .filter(|r| r["state"] == "pruned")
+        .map(|r| r["revision"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(pruned.len(), 2);
+    assert!(pruned.contains(&a) && pruned.contains(&b), "{pruned:?}");
+
+    // A failed build never pushes a good release out.
+    edit_file(&app, "deploy.yaml", "post_install: []", "post_install:\n  - name: fail\n    run: [\"false\"]");
+    let (_, out) = deploy(&sandbox, &app, "E");
+    assert_failed(&out, "post-install command \"fail\" exited with status 1");
+    let releases = sandbox.listing("releases");
+    assert!(releases.contains(&c) && releases.contains(&d) && releases.len() == 2, "{releases:?}");
+}
