@@ -172,6 +172,9 @@ pub fn verify(path: &Path, options: &Options) -> Result<Report, reader::ReadErro
                 findings.extend(validation.findings.iter().cloned());
                 check_hooks(&revision, &validation.spec, arch, &mut findings);
                 check_file_sources(&revision, &validation.spec, &mut findings);
+                if let (true, Some(release), false) = (ours, &release, validation.has_errors()) {
+                    check_our_appspec(&validation.spec, release, &mut findings);
+                }
             }
         }
     }
@@ -525,6 +528,44 @@ fn compare(entry: &ManifestEntry, item: &Item) -> Option<String> {
         return Some(format!("sha256 {sha}, the manifest says {}", entry.sha256));
     }
     None
+}
+
+/// In our bundles every in-place event runs deploy-hook, and nothing is installed by `files:`
+/// into the app root, where the next deployment's Install step would delete it.
+fn check_our_appspec(spec: &appspec::validate::Spec, release: &Release, findings: &mut Vec<Finding>) {
+    for event in appspec::LifecycleEvent::IN_PLACE {
+        let runs_hook = spec
+            .scripts
+            .iter()
+            .any(|s| s.event == event.name() && s.location.trim_start_matches('/') == layout::HOOK);
+        if !runs_hook {
+            findings.push(Finding::file(
+                layout::APPSPEC,
+                "ours.hooks",
+                Severity::Warning,
+                format!("{event} does not run {}: that step of the deployment is skipped", layout::HOOK),
+                "rebuild the bundle with `cargo xtask bundle`",
+            ));
+        }
+    }
+    let root = format!("{}/", release.app_root);
+    for mapping in &spec.files {
+        let destination = format!("{}/", mapping.destination.trim_end_matches('/'));
+        if destination.starts_with(&root) || root.starts_with(&destination) {
+            findings.push(at(
+                layout::APPSPEC,
+                mapping.line,
+                mapping.col,
+                "ours.files",
+                Severity::Error,
+                format!(
+                    "files: installs into {}, which holds the releases: the next deployment's Install step deletes what this one installed there",
+                    mapping.destination
+                ),
+                "remove the files: entry; deploy-hook builds the release from the archive",
+            ));
+        }
+    }
 }
 
 fn check_ours(revision: &Revision, release: &Release, options: &Options, findings: &mut Vec<Finding>) {

@@ -469,3 +469,33 @@ fn systemd_analyze_output_is_a_finding() {
     assert_eq!((found.file.as_str(), found.line), ("configs/python-app.service", Some(line)));
     assert!(found.message.contains("sometimes"), "{found}");
 }
+
+#[test]
+fn our_appspec_keeps_every_event_and_no_files_in_the_app_root() {
+    let mut members = ours();
+    let appspec = content(&members, "appspec.yml");
+    let appspec = appspec.replace("ValidateService:", "ValidateServic:")
+        + "files:\n  - source: src\n    destination: /home/snake/app/current\n";
+    replace(&mut members, "appspec.yml", appspec.as_bytes());
+    let report = verify_bytes("bundle.tgz", &gzip(&tar_bytes(&members)), &Options::default());
+    let mut got = rules(&report);
+    got.sort();
+    // The misspelt event is an appspec error, so the ours.* checks wait for a clean appspec.
+    assert_eq!(got, ["E:appspec.hook-name", "E:manifest.mismatch", "W:appspec.files-replaced"]);
+
+    let mut members = ours();
+    let appspec = content(&members, "appspec.yml")
+        + "files:\n  - source: src\n    destination: /home/snake/app/current\n";
+    let appspec =
+        appspec.replace("  ValidateService:\n  - location: bin/deploy-hook\n    timeout: 300\n", "");
+    replace(&mut members, "appspec.yml", appspec.as_bytes());
+    let report = verify_bytes("bundle.tgz", &gzip(&tar_bytes(&members)), &Options::default());
+    let mut got = rules(&report);
+    got.sort();
+    assert_eq!(
+        got,
+        ["E:manifest.mismatch", "E:ours.files", "W:appspec.files-replaced", "W:ours.hooks"],
+        "{}",
+        content(&members, "appspec.yml")
+    );
+}
