@@ -111,7 +111,6 @@ struct Counting<R> {
 
 #[derive(Debug, Default)]
 struct StreamState {
-    count: u64,
     over_cap: bool,
     inner_error: Option<String>,
 }
@@ -126,7 +125,6 @@ impl<R: Read> Read for Counting<R> {
         match self.inner.read(&mut buf[..room]) {
             Ok(n) => {
                 self.count += n as u64;
-                self.state.borrow_mut().count = self.count;
                 Ok(n)
             }
             Err(e) => {
