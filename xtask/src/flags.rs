@@ -41,7 +41,12 @@ pub struct Verify {
     /// Cap on the expanded size of the archive, in bytes; more is reported as a gzip bomb.
     #[arg(long, value_name = "BYTES", default_value_t = 2 << 30)]
     pub max_expanded: u64,
-    /// Rehearse the whole lifecycle in a sandbox (not available yet).
+    /// After clean static checks, rehearse our revision's whole lifecycle (ApplicationStop to
+    /// ValidateService) in a temporary sandbox root: the bundle's own deploy-hook with the
+    /// process service manager, a real venv from the package index and a real hypercorn. Prints
+    /// each event's time and verdict, and leaves no process or file behind. Needs the
+    /// interpreter of release.yaml, the health check's port free, and an x86_64 hook (or
+    /// qemu-aarch64-static). With --json the output becomes {"findings": [...], "rehearsal": {...}}.
     #[arg(long)]
     pub rehearse: bool,
 }

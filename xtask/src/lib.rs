@@ -3,6 +3,7 @@
 mod bundle;
 mod elf;
 mod flags;
+mod rehearse;
 pub mod verify;
 
 use std::{path::PathBuf, process::ExitCode};

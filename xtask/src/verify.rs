@@ -6,6 +6,8 @@
 //! 3. Against the archive: hook scripts and binaries, `files:` sources.
 //! 4. When the revision is ours (deploy/MANIFEST): manifest, release.yaml, unit, hypercorn.toml,
 //!    requirements.
+//! 5. With `--rehearse`, when 1-4 found no errors and the revision is ours: the whole lifecycle in
+//!    a sandbox ([`crate::rehearse`]).
 
 use std::{
     collections::BTreeSet,
@@ -22,7 +24,7 @@ use packaging::{
     reader::{self, Item, Kind, Limits, Revision},
 };
 
-use crate::flags;
+use crate::{flags, rehearse};
 
 /// How to verify.
 #[derive(Debug, Clone, Default)]
@@ -107,10 +109,6 @@ impl Report {
 impl flags::Verify {
     /// Runs the command; the exit code is 0 (no errors), 1 (errors) or 2 (could not run).
     pub(crate) fn run(self) -> ExitCode {
-        if self.rehearse {
-            eprintln!("error: --rehearse is not available yet");
-            return ExitCode::from(2);
-        }
         let options = Options {
             arch: self.arch.map(|a| match a {
                 flags::Arch::X86_64 => Arch::X86_64,
@@ -119,21 +117,106 @@ impl flags::Verify {
             limits: Limits { max_expanded: self.max_expanded, ..Limits::default() },
             systemd_analyze: true,
         };
-        match verify(&self.path, &options) {
-            Ok(report) => {
-                if self.json {
-                    println!("{}", report.render_json());
-                } else {
-                    print!("{}", report.render_human(&self.path.display().to_string()));
-                }
-                if report.errors() == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) }
-            }
+        let report = match verify(&self.path, &options) {
+            Ok(report) => report,
             Err(err) => {
                 eprintln!("error: cannot verify {}: {err}", self.path.display());
-                ExitCode::from(2)
+                return ExitCode::from(2);
             }
+        };
+        let input = self.path.display().to_string();
+        if !self.rehearse {
+            if self.json {
+                println!("{}", report.render_json());
+            } else {
+                print!("{}", report.render_human(&input));
+            }
+            return if report.errors() == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) };
         }
+        self.rehearse(report, &input)
     }
+
+    /// `--rehearse`: the static report, then, when it has no errors and the revision is ours,
+    /// the lifecycle in a sandbox. With `--json` the output is one object, `findings` (the
+    /// static ones and the rehearsal's) and `rehearsal`, and progress lines go to stderr.
+    fn rehearse(&self, mut report: Report, input: &str) -> ExitCode {
+        let skip = |report: &Report, reason: String, code: u8| {
+            if self.json {
+                println!("{}", render_json_with(report, skipped_json(&reason)));
+            } else {
+                print!("{}", report.render_human(input));
+                println!("rehearse {input}: skipped: {reason}");
+            }
+            ExitCode::from(code)
+        };
+        if report.errors() > 0 {
+            let n = report.errors();
+            return skip(
+                &report,
+                format!("the static checks found {n} error{}", if n == 1 { "" } else { "s" }),
+                1,
+            );
+        }
+        if !report.ours {
+            eprintln!(
+                "error: cannot rehearse {input}: the rehearsal needs one of our revisions (deploy/MANIFEST and deploy/release.yaml, as `cargo xtask bundle` writes them)"
+            );
+            return skip(&report, "not one of our revisions".into(), 2);
+        }
+        if !self.json {
+            print!("{}", report.render_human(input));
+        }
+        let json = self.json;
+        let mut say = |line: &str| {
+            if json {
+                eprintln!("{line}");
+            } else {
+                println!("{line}");
+            }
+        };
+        let rehearsal = match rehearse::rehearse(&self.path, report.stripped.as_deref(), &mut say) {
+            Ok(rehearsal) => rehearsal,
+            Err(err) => {
+                eprintln!("error: cannot rehearse {input}: {err:#}");
+                if json {
+                    println!("{}", render_json_with(&report, skipped_json(&format!("{err:#}"))));
+                }
+                return ExitCode::from(2);
+            }
+        };
+        report.findings.extend(rehearsal.findings.iter().cloned());
+        if json {
+            println!("{}", render_json_with(&report, rehearsal.to_json()));
+        } else {
+            for finding in &rehearsal.findings {
+                println!("{finding}");
+            }
+            let events = rehearsal.steps.iter().filter(|s| s.ok).count();
+            let hooks: f64 = rehearsal.steps.iter().map(|s| s.seconds).sum();
+            let verdict = match rehearsal.steps.iter().find(|s| !s.ok) {
+                Some(failed) => format!("FAILED at {}", failed.event),
+                None if rehearsal.ok() => "ok".to_owned(),
+                None => "FAILED in the cleanup".to_owned(),
+            };
+            println!(
+                "rehearse {input}: {verdict}: {events} of {} events passed in {hooks:.2}s, {:.2}s in all",
+                appspec::LifecycleEvent::IN_PLACE.len(),
+                rehearsal.seconds
+            );
+        }
+        if report.errors() == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    }
+}
+
+fn skipped_json(reason: &str) -> serde_json::Value {
+    serde_json::json!({ "ok": false, "skipped": reason, "seconds": 0.0, "sandbox": null, "steps": [] })
+}
+
+/// `{"findings": [...], "rehearsal": {...}}`: the JSON of `verify --rehearse --json`.
+fn render_json_with(report: &Report, rehearsal: serde_json::Value) -> String {
+    let findings: serde_json::Value = serde_json::from_str(&report.render_json()).expect("findings are JSON");
+    serde_json::to_string_pretty(&serde_json::json!({ "findings": findings, "rehearsal": rehearsal }))
+        .expect("the report serializes")
 }
 
 /// Verifies the revision at `path`. An error means the input could not be read at all.
@@ -629,6 +712,7 @@ fn systemd_analyze(file: &str, unit_name: &str, text: &str) -> Vec<Finding> {
         .collect()
 }
 
-fn find_in_path(name: &str) -> Option<PathBuf> {
+/// The first `name` on PATH.
+pub(crate) fn find_in_path(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|dir| Path::new(dir).join(name)).find(|p| p.is_file())
 }
