@@ -430,7 +430,7 @@ pub struct HypercornConfig {
 
 impl Default for HypercornConfig {
     fn default() -> Self {
-        serde_yaml::from_str("{}").expect("every hypercorn key has a default")
+        serde_json::from_str("{}").expect("every hypercorn key has a default")
     }
 }
 
@@ -667,12 +667,14 @@ pub fn venv_key(python: &str, installer: Installer, requirements: &[u8]) -> Stri
     format!("v-{}", &crate::hex(&digest)[..16])
 }
 
+#[cfg(feature = "build")]
 fn yaml_error(path: &Path, err: serde_yaml::Error) -> ConfigError {
     ConfigError::Invalid { path: path.display().to_string(), message: err.to_string() }
 }
 
 impl DeployConfig {
     /// Reads and validates `path`.
+    #[cfg(feature = "build")]
     pub fn load(path: &Path) -> Result<DeployConfig, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
@@ -680,6 +682,7 @@ impl DeployConfig {
     }
 
     /// Validates `text`, naming `path` in errors.
+    #[cfg(feature = "build")]
     pub fn parse(path: &Path, text: &str) -> Result<DeployConfig, ConfigError> {
         let config: DeployConfig = serde_yaml::from_str(text).map_err(|err| yaml_error(path, err))?;
         let invalid = |message: String| ConfigError::Invalid { path: path.display().to_string(), message };
@@ -782,7 +785,10 @@ impl DeployConfig {
 impl Release {
     /// Parses release.yaml, naming `path` in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Release, ConfigError> {
-        let release: Release = serde_yaml::from_str(text).map_err(|err| yaml_error(path, err))?;
+        let release: Release = serde_json::from_str(text).map_err(|err| ConfigError::Invalid {
+            path: path.display().to_string(),
+            message: err.to_string(),
+        })?;
         if release.schema != RELEASE_SCHEMA {
             return Err(ConfigError::Invalid {
                 path: path.display().to_string(),
@@ -795,10 +801,12 @@ impl Release {
         Ok(release)
     }
 
-    /// The YAML text of release.yaml.
+    /// The text of release.yaml: YAML in its JSON-compatible style (JSON is YAML 1.2), so the
+    /// hook reads it without a YAML parser and stays under 1 MiB. It can hold no comment.
     pub fn to_yaml(&self) -> String {
-        let body = serde_yaml::to_string(self).expect("a release serializes");
-        format!("# Resolved from deploy.yaml by `cargo xtask bundle`; the hook runs from this file.\n{body}")
+        let mut body = serde_json::to_string_pretty(self).expect("a release serializes");
+        body.push('\n');
+        body
     }
 
     /// `<app_root>/venvs/<venv_key>`, the venv every release with these dependencies uses.

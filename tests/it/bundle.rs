@@ -124,7 +124,8 @@ fn aarch64_bundle_runs_under_qemu() {
     let hook = dir.path().join("bin/deploy-hook");
     xtask::check_static_elf(&fs::read(&hook).unwrap(), 183).unwrap();
     let release = fs::read_to_string(dir.path().join("deploy/release.yaml")).unwrap();
-    assert!(release.contains("\narch: aarch64\n"), "{release}");
+    let release = packaging::Release::parse(Path::new("release.yaml"), &release).unwrap();
+    assert_eq!(release.arch, "aarch64");
     let out = run_ok(Command::new("qemu-aarch64-static").arg(&hook).arg("--version")).unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "deploy-hook 0.0.0\n");
 

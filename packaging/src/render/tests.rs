@@ -90,33 +90,36 @@ fn release_file_round_trips() {
     let (_, release) = example();
     let text = release.to_yaml();
     expect![[r#"
-        # Resolved from deploy.yaml by `cargo xtask bundle`; the hook runs from this file.
-        schema: 1
-        app: shop
-        user: shop
-        group: shop
-        app_root: /home/shop/app
-        unit: shop.service
-        python: /usr/bin/python3
-        installer: auto
-        arch: x86_64
-        venv_key: v-466e7bc1f6d9b2d9
-        keep_releases: 5
-        shared_files: []
-        shared_dirs: []
-        stop_on_application_stop: false
-        health:
-          url: http://127.0.0.1:9000/healthz
-          try_timeout: 2
-          deadline: 60
-          interval: 1
-        post_install: []
-        timeouts:
-          application_stop: 60
-          before_install: 300
-          after_install: 1200
-          application_start: 300
-          validate_service: 300
+        {
+          "schema": 1,
+          "app": "shop",
+          "user": "shop",
+          "group": "shop",
+          "app_root": "/home/shop/app",
+          "unit": "shop.service",
+          "python": "/usr/bin/python3",
+          "installer": "auto",
+          "arch": "x86_64",
+          "venv_key": "v-466e7bc1f6d9b2d9",
+          "keep_releases": 5,
+          "shared_files": [],
+          "shared_dirs": [],
+          "stop_on_application_stop": false,
+          "health": {
+            "url": "http://127.0.0.1:9000/healthz",
+            "try_timeout": 2,
+            "deadline": 60,
+            "interval": 1
+          },
+          "post_install": [],
+          "timeouts": {
+            "application_stop": 60,
+            "before_install": 300,
+            "after_install": 1200,
+            "application_start": 300,
+            "validate_service": 300
+          }
+        }
     "#]]
     .assert_eq(&text);
     assert_eq!(Release::parse(Path::new("release.yaml"), &text).unwrap(), release);
