@@ -60,51 +60,103 @@ fn release_path(bundle_path: &str) -> Option<String> {
     matches!(top, "configs" | "dependencies" | "deploy").then(|| bundle_path.to_owned())
 }
 
-/// Copies the revision's files into `staging`, owned by the app user, never following links.
+/// How source files get into a staged release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Hard links to the extracted archive where it is on the same filesystem (the agent only
+    /// ever unlinks archive files, and links outlive that), copies elsewhere.
+    Link,
+    /// Always copies.
+    Copy,
+}
+
+impl Stage {
+    /// `DEPLOY_HOOK_STAGE=copy` forces copies; the default links.
+    pub fn from_env() -> Stage {
+        match std::env::var("DEPLOY_HOOK_STAGE").as_deref() {
+            Ok("copy") => Stage::Copy,
+            _ => Stage::Link,
+        }
+    }
+}
+
+/// Files staged: linked and copied.
+#[derive(Debug, Default)]
+pub struct Staged {
+    linked: usize,
+    copied: usize,
+}
+
+/// Puts the revision's files into `staging`, owned by the app user, never following links.
+///
+/// Only the application source is ever linked: the hook, release.yaml and the manifest are read
+/// or run by root from the archive in later events, so they must not share an inode with a file
+/// the app user owns.
 fn stage_files(
     store: &Store,
     revision: &Revision,
     manifest: &Manifest,
     staging: &Path,
-) -> anyhow::Result<usize> {
-    let mut entries: Vec<(String, u32, PathBuf)> = manifest
+    stage: Stage,
+) -> anyhow::Result<Staged> {
+    let mut entries: Vec<(String, u32, PathBuf, bool)> = manifest
         .entries
         .iter()
-        .filter_map(|e| release_path(&e.path).map(|dest| (dest, e.mode, revision.dir.join(&e.path))))
+        .filter_map(|e| {
+            let linkable = e.path.starts_with("src/");
+            release_path(&e.path).map(|dest| (dest, e.mode, revision.dir.join(&e.path), linkable))
+        })
         .collect();
-    entries.push(("deploy/MANIFEST".into(), 0o100644, revision.dir.join(layout::MANIFEST)));
-    let mut count = 0;
-    for (dest, mode, source) in entries {
+    entries.push(("deploy/MANIFEST".into(), 0o100644, revision.dir.join(layout::MANIFEST), false));
+    let mut made = std::collections::HashSet::new();
+    let mut staged = Staged::default();
+    for (dest, mode, source, linkable) in entries {
         let target = staging.join(&dest);
         let mut parent = PathBuf::from(staging);
         for part in Path::new(&dest).parent().into_iter().flat_map(Path::components) {
             parent.push(part);
-            store.mkdir(&parent, 0o755)?;
+            if made.insert(parent.clone()) {
+                store.mkdir(&parent, 0o755)?;
+            }
         }
         if mode == SYMLINK {
             let link = fs::read_link(&source)?;
             symlink(&link, &target).with_context(|| format!("cannot create {}", target.display()))?;
             store.own(&target)?;
-        } else {
-            let perm = if mode == EXECUTABLE { 0o755 } else { 0o644 };
-            let mut from =
-                fs::File::open(&source).with_context(|| format!("cannot read {}", source.display()))?;
-            let mut to = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(perm)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&target)
-                .with_context(|| format!("cannot create {}", target.display()))?;
-            io::copy(&mut from, &mut to).with_context(|| format!("cannot copy to {}", target.display()))?;
-            to.set_permissions(fs::Permissions::from_mode(perm))?;
-            if let Some(ids) = store.owner {
-                std::os::unix::fs::fchown(&to, Some(ids.uid), Some(ids.gid))?;
+            staged.copied += 1;
+            continue;
+        }
+        let perm = if mode == EXECUTABLE { 0o755 } else { 0o644 };
+        if stage == Stage::Link && linkable {
+            match fs::hard_link(&source, &target) {
+                Ok(()) => {
+                    fs::set_permissions(&target, fs::Permissions::from_mode(perm))?;
+                    store.own(&target)?;
+                    staged.linked += 1;
+                    continue;
+                }
+                // Another filesystem, or linking refused: copy.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EXDEV | libc::EPERM | libc::EMLINK)) => {}
+                Err(e) => return Err(e).with_context(|| format!("cannot link {}", target.display())),
             }
         }
-        count += 1;
+        let mut from =
+            fs::File::open(&source).with_context(|| format!("cannot read {}", source.display()))?;
+        let mut to = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(perm)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&target)
+            .with_context(|| format!("cannot create {}", target.display()))?;
+        io::copy(&mut from, &mut to).with_context(|| format!("cannot copy to {}", target.display()))?;
+        to.set_permissions(fs::Permissions::from_mode(perm))?;
+        if let Some(ids) = store.owner {
+            std::os::unix::fs::fchown(&to, Some(ids.uid), Some(ids.gid))?;
+        }
+        staged.copied += 1;
     }
-    Ok(count)
+    Ok(staged)
 }
 
 /// `../` repeated for the depth of `rel`'s parent, then `../../shared/<rel>`.
@@ -285,9 +337,14 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
         let built = (|| -> anyhow::Result<&'static str> {
             log.step("stage release", |log| {
                 store.mkdir(&staging, 0o755)?;
-                let n = stage_files(&store, revision, &manifest, &staging)?;
+                let staged = stage_files(&store, revision, &manifest, &staging, Stage::from_env())?;
                 link_release(&store, release, rev, &staging, log)?;
-                log.info(format!("{n} files copied into {}", staging.display()));
+                log.info(format!(
+                    "{} files linked and {} copied into {}",
+                    staged.linked,
+                    staged.copied,
+                    staging.display()
+                ));
                 Ok(())
             })?;
             let outcome = log.step("python environment", |log| {

@@ -81,6 +81,14 @@ fn first_deployment_with_pip_then_redeploys_flips_and_no_ops() {
     let env = fs::symlink_metadata(release.join(".env")).unwrap();
     assert_eq!((env.mode() & 0o777, env.uid(), env.gid()), (0o600, APP_UID, APP_UID));
     assert_eq!(fs::metadata(release.join("app.py")).unwrap().uid(), APP_UID);
+    // Source files share the archive's inodes; what root reads or runs later never does.
+    assert_eq!(fs::metadata(release.join("app.py")).unwrap().nlink(), 2);
+    for own_copy in
+        ["deploy/deploy-hook", "deploy/release.yaml", "deploy/MANIFEST", "configs/python-app.service"]
+    {
+        let meta = fs::metadata(release.join(own_copy)).unwrap();
+        assert_eq!((meta.nlink(), meta.uid()), (1, APP_UID), "{own_copy}");
+    }
     assert_eq!(fs::read_to_string(release.join("REVISION")).unwrap().trim(), rev_a);
     assert!(!release.join("__pycache__").exists(), "the import check wrote bytecode into the release");
     let unit = sandbox.root.join("etc/systemd/system").join(UNIT);

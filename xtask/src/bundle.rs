@@ -75,7 +75,7 @@ fn source_date_epoch(sh: &Shell, app_dir: &Path) -> anyhow::Result<(u64, &'stati
 }
 
 /// Builds deploy-hook for `arch` in release mode, installing the rustup target if missing.
-fn build_hook(sh: &Shell, arch: Arch) -> anyhow::Result<PathBuf> {
+pub(crate) fn build_hook(sh: &Shell, arch: Arch) -> anyhow::Result<PathBuf> {
     let triple = arch.triple();
     let installed = cmd!(sh, "rustup target list --installed").quiet().read().unwrap_or_default();
     if !installed.lines().any(|line| line.trim() == triple) {

@@ -26,6 +26,25 @@ pub enum Command {
     /// Reports every finding as `file:line:col: severity[rule]: message (fix: ...)`, then a
     /// summary line. Exit status: 0 no errors (warnings allowed), 1 errors, 2 could not run.
     Verify(Verify),
+    /// Time bundling and redeploying against baselines run side by side (GNU tar | gzip, the
+    /// seed's AfterInstall script) and print the ratios. Redeploy needs root.
+    Bench(Bench),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Bench {
+    /// Source files in the synthetic app.
+    #[arg(long, default_value_t = 2000)]
+    pub files: usize,
+    /// Their total size in MiB.
+    #[arg(long, default_value_t = 20)]
+    pub mib: usize,
+    /// Timed runs of each variant (the median is printed).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Where to work: put it on the kind of filesystem the instances use.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -1,5 +1,6 @@
 //! The tasks behind `cargo xtask`: `bundle` builds a CodeDeploy revision.
 
+mod bench;
 mod bundle;
 mod elf;
 mod flags;
@@ -23,6 +24,7 @@ pub fn main() -> ExitCode {
     let flags = flags::Xtask::parse();
     let res = match flags.command {
         flags::Command::Bundle(cmd) => cmd.run(),
+        flags::Command::Bench(cmd) => cmd.run(),
         flags::Command::Verify(cmd) => return cmd.run(),
     };
     match res {
