@@ -322,7 +322,8 @@ fn our_bundle_for_the_wrong_arch() {
     // release.yaml's arch is the default: claiming aarch64 there with an x86_64 hook is caught
     // (and the manifest notices the edit).
     let mut members = ours();
-    let release = content(&members, "deploy/release.yaml").replace("\"arch\": \"x86_64\"", "\"arch\": \"aarch64\"");
+    let release =
+        content(&members, "deploy/release.yaml").replace("\"arch\": \"x86_64\"", "\"arch\": \"aarch64\"");
     replace(&mut members, "deploy/release.yaml", release.as_bytes());
     let report = verify_bytes("bundle.tgz", &gzip(&tar_bytes(&members)), &Options::default());
     assert_error(&report, "hook.elf-arch");
