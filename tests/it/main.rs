@@ -4,5 +4,6 @@ mod after_install;
 mod bundle;
 mod container;
 mod lifecycle;
+mod rehearse;
 mod systemd;
 mod verify;

@@ -201,7 +201,7 @@ fn exit_codes_and_json() {
     assert_eq!(output.status.code(), Some(0), "{}", tests::describe(&output));
     assert!(String::from_utf8_lossy(&output.stdout).contains("warning[hook.shebang]"));
 
-    // Could not run: unreadable input, a zip, bad flags, --rehearse.
+    // Could not run: unreadable input, a zip, bad flags.
     let missing = dir.path().join("missing.tgz");
     assert_eq!(xtask_verify(&[path_arg(&missing)]).status.code(), Some(2));
     let zip = dir.path().join("bundle.zip");
@@ -209,9 +209,26 @@ fn exit_codes_and_json() {
     assert_eq!(xtask_verify(&[path_arg(&zip)]).status.code(), Some(2));
     assert_eq!(xtask_verify(&["--no-such-flag", path_arg(&bad)]).status.code(), Some(2));
     assert_eq!(xtask_verify(&["--arch", "mips", path_arg(&bad)]).status.code(), Some(2));
+
+    // --rehearse: skipped after static errors (exit 1); a foreign revision cannot be rehearsed (exit 2).
     let rehearse = xtask_verify(&["--rehearse", path_arg(&bad)]);
-    assert_eq!(rehearse.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&rehearse.stderr).contains("not available yet"));
+    assert_eq!(rehearse.status.code(), Some(1), "{}", tests::describe(&rehearse));
+    assert!(
+        String::from_utf8_lossy(&rehearse.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .ends_with("skipped: the static checks found 1 error"),
+        "{}",
+        tests::describe(&rehearse)
+    );
+    let rehearse = xtask_verify(&["--rehearse", path_arg(&warned)]);
+    assert_eq!(rehearse.status.code(), Some(2), "{}", tests::describe(&rehearse));
+    assert!(
+        String::from_utf8_lossy(&rehearse.stderr).contains("the rehearsal needs one of our revisions"),
+        "{}",
+        tests::describe(&rehearse)
+    );
 }
 
 #[test]

@@ -136,7 +136,7 @@ pub fn rehearse(
     ));
     say(&format!("rehearse: {installer}; hook {}", runner.describe()));
     say(
-        "rehearse: ApplicationStop runs first although the agent skips it on a first deployment: the hook must exit 0 when nothing is installed",
+        "rehearse: a first deployment, which the agent starts at BeforeInstall; ApplicationStop runs anyway, since the hook must exit 0 when nothing is installed",
     );
 
     let mut steps = Vec::new();
@@ -492,7 +492,7 @@ impl Sandbox {
                 let _ = child.kill();
                 break child.wait()?;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(10));
         };
         let seconds = started.elapsed().as_secs_f64();
         let output = String::from_utf8_lossy(&fs::read(&out_path).unwrap_or_default()).into_owned();
@@ -579,7 +579,11 @@ impl Cleanup {
         let left = if self.stragglers.is_empty() {
             "no process left".to_owned()
         } else {
-            format!("{} process(es) left running and killed", self.stragglers.len())
+            format!(
+                "{} process{} left running from the sandbox, killed",
+                self.stragglers.len(),
+                if self.stragglers.len() == 1 { "" } else { "es" }
+            )
         };
         let removed = if self.removal.is_some() { "sandbox NOT removed" } else { "sandbox removed" };
         format!("{}, {left}, {removed}", self.service)
