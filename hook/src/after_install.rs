@@ -402,18 +402,13 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
             Ok(note) => {
                 std::mem::forget(guard);
                 venv_note = note;
-                journal.append(&record(deployment_id, rev, State::Ready, log, release, None))?;
+                journal.append(&record(deployment_id, rev, State::Ready, log, release))?;
             }
             Err(err) => {
                 drop(guard);
-                let _ = journal.append(&record(
-                    deployment_id,
-                    rev,
-                    State::Failed,
-                    log,
-                    release,
-                    Some(format!("{err:#}")),
-                ));
+                let _ = journal.append(
+                    &record(deployment_id, rev, State::Failed, log, release).message(format!("{err:#}")),
+                );
                 return Err(err);
             }
         }
@@ -425,8 +420,11 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
     let last_live = records.iter().rev().find(|r| r.state == State::Live);
     let same_deployment = last_live.is_some_and(|r| r.revision == rev && r.deployment_id == deployment_id);
     if switched || !same_deployment {
-        let message = previous.as_deref().filter(|p| *p != rev).map(|p| format!("previous {p}"));
-        journal.append(&record(deployment_id, rev, State::Live, log, release, message))?;
+        let mut live = record(deployment_id, rev, State::Live, log, release);
+        if let Some(p) = previous.as_deref().filter(|p| *p != rev) {
+            live = live.message(format!("previous {p}"));
+        }
+        journal.append(&live)?;
     }
     if let Err(err) = log.step("prune", |log| prune::prune(&store, &journal, release.keep_releases, log)) {
         log.info(format!("warning: pruning failed, the deploy stands: {err:#}"));
@@ -465,22 +463,9 @@ fn release_module(staging: &Path) -> anyhow::Result<String> {
     bail!("cannot find the ASGI app in the release's unit")
 }
 
-fn record(
-    deployment_id: &str,
-    rev: &str,
-    state: State,
-    log: &Log,
-    release: &Release,
-    message: Option<String>,
-) -> Record {
-    Record {
-        time: now(),
-        deployment_id: deployment_id.to_owned(),
-        revision: rev.to_owned(),
-        event: "AfterInstall".into(),
-        state,
-        steps: log.steps.iter().cloned().collect(),
-        venv: Some(release.venv_key.clone()),
-        message,
-    }
+fn record(deployment_id: &str, rev: &str, state: State, log: &Log, release: &Release) -> Record {
+    let mut record = Record::new(deployment_id, rev, "AfterInstall", state);
+    record.steps = log.steps.iter().cloned().collect();
+    record.venv = Some(release.venv_key.clone());
+    record
 }

@@ -51,6 +51,28 @@ pub struct Record {
     pub message: Option<String>,
 }
 
+impl Record {
+    /// A record stamped now, with no steps, venv or message.
+    pub fn new(deployment_id: &str, revision: &str, event: &str, state: State) -> Record {
+        Record {
+            time: crate::util::now(),
+            deployment_id: deployment_id.to_owned(),
+            revision: revision.to_owned(),
+            event: event.to_owned(),
+            state,
+            steps: BTreeMap::new(),
+            venv: None,
+            message: None,
+        }
+    }
+
+    /// With a message.
+    pub fn message(mut self, message: impl Into<String>) -> Record {
+        self.message = Some(message.into());
+        self
+    }
+}
+
 /// The journal file.
 pub struct Journal {
     path: PathBuf,

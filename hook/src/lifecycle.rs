@@ -23,19 +23,6 @@ const VENV_ESTIMATE: u64 = 300 << 20;
 /// Slack on top of what a deployment writes.
 const SPACE_MARGIN: u64 = 100 << 20;
 
-fn record(deployment_id: &str, revision: &str, event: &str, state: State, message: Option<String>) -> Record {
-    Record {
-        time: now(),
-        deployment_id: deployment_id.to_owned(),
-        revision: revision.to_owned(),
-        event: event.to_owned(),
-        state,
-        steps: Default::default(),
-        venv: None,
-        message,
-    }
-}
-
 /// ApplicationStop, run from the *previous* revision's archive. Never fails a deployment: a
 /// broken stop would wedge every later one. Stops the service only when configured to.
 pub fn application_stop(ctx: &Ctx, revision: &Revision, log: &Log) -> String {
@@ -203,13 +190,9 @@ pub fn validate_service(
     let current = store.current_revision().context("current points at no release; did AfterInstall run?")?;
     let cause = match log.step("health check", |log| health::wait_healthy(&release.health, log)) {
         Ok(_) => {
-            journal.append(&record(
-                deployment_id,
-                &current,
-                "ValidateService",
-                State::Live,
-                Some("healthy".into()),
-            ))?;
+            journal.append(
+                &Record::new(deployment_id, &current, "ValidateService", State::Live).message("healthy"),
+            )?;
             return Ok(format!(
                 "validate-service ok: {} healthy, revision {current} (deployment {deployment_id})",
                 release.health.url
@@ -225,7 +208,9 @@ pub fn validate_service(
         format!("pid {} (deployment {deployment_id}, ValidateService, since {})", std::process::id(), now());
     let _lock = Lock::acquire(&store.app_root.join(".lock"), &holder, lock_wait(), &|m| log.info(m))?;
     let records = journal.read()?;
-    journal.append(&record(deployment_id, &current, "ValidateService", State::Bad, Some(cause.clone())))?;
+    journal.append(
+        &Record::new(deployment_id, &current, "ValidateService", State::Bad).message(cause.clone()),
+    )?;
     let Some(previous) = previous_good(&store, &records, &current) else {
         bail!("{cause}; {current} marked bad, and there is no previous good release to return to");
     };
@@ -233,13 +218,9 @@ pub fn validate_service(
     match switch_to(ctx, &store, &previous, log) {
         Ok(()) => {
             let message = format!("reverted from {current}");
-            journal.append(&record(
-                deployment_id,
-                &previous,
-                "ValidateService",
-                State::Live,
-                Some(message),
-            ))?;
+            journal.append(
+                &Record::new(deployment_id, &previous, "ValidateService", State::Live).message(message),
+            )?;
             Err(format_err!("{cause}; back on {previous} (healthy), {current} marked bad"))
         }
         Err(err) => {
@@ -286,8 +267,11 @@ pub fn rollback(
         return Ok(format!("rollback ok: {target} is already current"));
     }
     switch_to(ctx, &store, &target, log)?;
-    let message = current.as_deref().map(|c| format!("rolled back from {c}"));
-    journal.append(&record("manual", &target, "Rollback", State::Live, message))?;
+    let mut record = Record::new("manual", &target, "Rollback", State::Live);
+    if let Some(c) = &current {
+        record = record.message(format!("rolled back from {c}"));
+    }
+    journal.append(&record)?;
     Ok(format!("rollback ok: {target} live and healthy (was {})", current.as_deref().unwrap_or("none")))
 }
 

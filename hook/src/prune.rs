@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, fs};
 use crate::{
     journal::{Journal, Record, State, live_history, states},
     store::{STAGING_PREFIX, Store},
-    util::{Log, now},
+    util::Log,
 };
 
 /// Bad or failed release directories kept for forensics.
@@ -47,16 +47,7 @@ pub fn prune(store: &Store, journal: &Journal, keep: u32, log: &Log) -> anyhow::
     let mut removed = Vec::new();
     for rev in good.iter().chain(bad.iter()).copied().filter(|r| !protect.contains(r)) {
         fs::remove_dir_all(store.release(rev))?;
-        journal.append(&Record {
-            time: now(),
-            deployment_id: "prune".into(),
-            revision: rev.to_owned(),
-            event: "Prune".into(),
-            state: State::Pruned,
-            steps: Default::default(),
-            venv: None,
-            message: None,
-        })?;
+        journal.append(&Record::new("prune", rev, "Prune", State::Pruned))?;
         log.info(format!("pruned release {rev}"));
         removed.push(rev.to_owned());
     }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use tests::{
-    build_bundle, describe,
+    build_bundle, describe, edit_file,
     sandbox::{APP_UID, Sandbox, example_variant, free_port, http_get},
 };
 
@@ -54,14 +54,6 @@ fn assert_nothing_half_built(sandbox: &Sandbox) {
         let marker = sandbox.app_root().join("venvs").join(&name).join(".deploy-complete");
         assert!(marker.exists(), "unfinished venv left: {name}");
     }
-}
-
-/// Rebuilds an app variant's bundle after editing a file of it.
-fn edit_file(app: &Path, file: &str, from: &str, to: &str) {
-    let path = app.join(file);
-    let text = fs::read_to_string(&path).unwrap();
-    assert!(text.contains(from), "{file} lacks {from:?}");
-    fs::write(path, text.replacen(from, to, 1)).unwrap();
 }
 
 #[test]

@@ -7,7 +7,9 @@ use std::{
     process::Command,
 };
 
-use tests::{build_bundle, describe, example_app, example_bundle, path_str, run_ok, xtask_bundle_cmd};
+use tests::{
+    build_bundle, describe, edit_file, example_app, example_bundle, path_str, run_ok, xtask_bundle_cmd,
+};
 
 fn sha256(path: &Path) -> String {
     let out = run_ok(Command::new("sha256sum").arg(path)).unwrap();
@@ -188,13 +190,6 @@ fn assert_refused(app: &Path, want: &[&str]) {
     assert!(left.is_empty(), "partial output left in dist: {left:?}");
 }
 
-fn edit(app: &Path, file: &str, from: &str, to: &str) {
-    let path = app.join(file);
-    let text = fs::read_to_string(&path).unwrap();
-    assert!(text.contains(from), "{file} lacks {from:?}");
-    fs::write(path, text.replacen(from, to, 1)).unwrap();
-}
-
 #[test]
 fn bad_input_is_refused_with_the_file_and_the_rule() {
     let (_d, app) = app_copy();
@@ -202,15 +197,15 @@ fn bad_input_is_refused_with_the_file_and_the_rule() {
     assert_refused(&app, &["deploy.yaml: the app's deploy.yaml is missing"]);
 
     let (_d, app) = app_copy();
-    edit(&app, "deploy.yaml", "  workers: 1", "  wrkers: 1");
+    edit_file(&app, "deploy.yaml", "  workers: 1", "  wrkers: 1");
     assert_refused(&app, &["deploy.yaml: hypercorn: unknown field `wrkers`", "line 21 column 3"]);
 
     let (_d, app) = app_copy();
-    edit(&app, "deploy.yaml", "  after_install: 1200", "  after_install: 7200");
+    edit_file(&app, "deploy.yaml", "  after_install: 1200", "  after_install: 7200");
     assert_refused(&app, &["timeouts.after_install: timeout 7200 is outside 1..=3600", "line 39 column 18"]);
 
     let (_d, app) = app_copy();
-    edit(&app, "deploy.yaml", "    APP_ENV: production", "    APP_ENV: \"prod\\nExecStartPre=/bin/sh\"");
+    edit_file(&app, "deploy.yaml", "    APP_ENV: production", "    APP_ENV: \"prod\\nExecStartPre=/bin/sh\"");
     assert_refused(
         &app,
         &[
@@ -220,7 +215,7 @@ fn bad_input_is_refused_with_the_file_and_the_rule() {
     );
 
     let (_d, app) = app_copy();
-    edit(&app, "deploy.yaml", "app: python-app", "app: python-app\nbogus: [");
+    edit_file(&app, "deploy.yaml", "app: python-app", "app: python-app\nbogus: [");
     assert_refused(&app, &["deploy.yaml: "]);
 
     let (_d, app) = app_copy();

@@ -5,7 +5,7 @@
 use std::{fs, path::Path, process::Output, time::Duration};
 
 use tests::{
-    build_bundle, describe,
+    build_bundle, describe, edit_file,
     sandbox::{Sandbox, example_variant, free_port, http_get},
 };
 
@@ -40,13 +40,6 @@ fn deploy(sandbox: &Sandbox, archive: &Path, deployment_id: &str, events: &[&str
         .collect()
 }
 
-fn edit(app: &Path, file: &str, from: &str, to: &str) {
-    let path = app.join(file);
-    let text = fs::read_to_string(&path).unwrap();
-    assert!(text.contains(from), "{file} lacks {from:?}");
-    fs::write(path, text.replacen(from, to, 1)).unwrap();
-}
-
 fn revision_served(port: u16) -> String {
     let (status, body) = http_get(port, "/healthz", Duration::from_secs(20)).unwrap();
     assert_eq!(status, 200, "{body}");
@@ -72,7 +65,7 @@ fn health_gate_reverts_and_rollback_and_status_tell_the_story() {
     let rev_a = sandbox.current().unwrap();
     assert_eq!(revision_served(port), rev_a);
 
-    edit(&app, "src/app.py", "hello", "hello B");
+    edit_file(&app, "src/app.py", "hello", "hello B");
     let bundle_b = build_bundle(&app, &dir.path().join("b"), &[]).unwrap();
     let archive_b = sandbox.extract(&bundle_b, "d-LIFEB0001").unwrap();
     // ApplicationStop runs from the previous revision's archive, with the new deployment id.
@@ -85,7 +78,7 @@ fn health_gate_reverts_and_rollback_and_status_tell_the_story() {
     assert_eq!(revision_served(port), rev_b);
 
     // A revision whose health check fails: ValidateService goes back to B and marks C bad.
-    edit(
+    edit_file(
         &app,
         "src/app.py",
         "await _send(send, 200, body, b\"application/json\")",

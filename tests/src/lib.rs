@@ -93,3 +93,12 @@ pub fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
     run_ok(Command::new("cp").arg("-a").arg("--").arg(from).arg(to))?;
     Ok(())
 }
+
+/// Replaces the first `from` with `to` in `dir/file`; panics when `from` is not there, so an
+/// edit that silently does nothing cannot make a test pass.
+pub fn edit_file(dir: &Path, file: &str, from: &str, to: &str) {
+    let path = dir.join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(text.contains(from), "{file} lacks {from:?}");
+    std::fs::write(&path, text.replacen(from, to, 1)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
