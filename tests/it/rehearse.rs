@@ -1,12 +1,15 @@
 //! `cargo xtask verify --rehearse`: the example bundle goes through every lifecycle event in a
 //! sandbox with a real venv and hypercorn; a bundle whose health check fails stops the rehearsal
-//! at ValidateService; either way no process and no sandbox directory is left.
+//! at ValidateService; either way no process and no sandbox directory is left, even when the
+//! rehearsing process is killed.
 
 use std::{
     fs,
+    io::{BufRead, BufReader},
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::Output,
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
 };
 
 use tests::{build_bundle, describe, sandbox::example_variant, sandbox::free_port};
@@ -149,4 +152,63 @@ fn a_failing_health_check_stops_the_rehearsal_at_validate_service() {
         "{text}"
     );
     assert_nothing_left(&output, port);
+
+    // The rehearsing process killed during ValidateService, before its own cleanup: its janitor
+    // stops the service and removes the sandbox.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut child = Command::new(cargo)
+        .current_dir(tests::project_root())
+        .args(["xtask", "verify", "--rehearse", bundle.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut sandbox = None;
+    let mut started = false;
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.starts_with("rehearse: sandbox ") {
+            sandbox = Some(sandbox_of(&line));
+        }
+        if line.starts_with("rehearse: ApplicationStart ") {
+            started = true;
+            break;
+        }
+    }
+    assert!(started, "the rehearsal never reached ApplicationStart");
+    let sandbox = sandbox.expect("a sandbox line");
+    // `cargo run` execs xtask on Unix; look at its children too, but not at the janitor.
+    let rehearsing = |pid: &u32| {
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe.ends_with("xtask"))
+            && args.contains(&b"--rehearse".as_slice())
+            && !args.contains(&b"--rehearse-janitor".as_slice())
+    };
+    let xtask = std::iter::once(child.id())
+        .chain(children(child.id()))
+        .find(rehearsing)
+        .expect("the rehearsing xtask process");
+    let killed = Command::new("kill").args(["-KILL", &xtask.to_string()]).status().unwrap();
+    assert!(killed.success());
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (sandbox.exists() || !processes_in(&sandbox).is_empty()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!sandbox.exists(), "{} is left after the rehearsal was killed", sandbox.display());
+    let left = processes_in(&sandbox);
+    assert!(left.is_empty(), "processes left after the rehearsal was killed: {left:#?}");
+}
+
+/// The children of `pid`, from every thread's `/proc/<pid>/task/<tid>/children`.
+fn children(pid: u32) -> Vec<u32> {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .flat_map(|task| {
+            let text = fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            text.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>()
+        })
+        .collect()
 }

@@ -68,6 +68,10 @@ pub struct Verify {
     /// qemu-aarch64-static). With --json the output becomes {"findings": [...], "rehearsal": {...}}.
     #[arg(long)]
     pub rehearse: bool,
+    /// Internal, started by --rehearse: once the rehearsing process is gone, kill what still
+    /// runs from the sandbox PATH and remove it, unless that process did.
+    #[arg(long, hide = true)]
+    pub rehearse_janitor: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -13,8 +13,9 @@ use std::{
     io::Read,
     net::{TcpListener, ToSocketAddrs},
     os::unix::fs::{MetadataExt, PermissionsExt},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, Command, ExitCode, Stdio},
     time::{Duration, Instant},
 };
 
@@ -284,6 +285,8 @@ struct Sandbox {
     app_root: Option<PathBuf>,
     /// Directories put first on the hook's PATH.
     path_dirs: Vec<PathBuf>,
+    /// The watcher that cleans up if this process dies first (see [`janitor`]).
+    janitor: Option<Child>,
 }
 
 /// Creates `base/rel` one component at a time, each with mode 0755.
@@ -314,15 +317,17 @@ impl Sandbox {
             tempfile::Builder::new().prefix("rehearse-").tempdir().context("cannot create the sandbox")?;
         let path = fs::canonicalize(dir.path())?;
         let root = path.join("root");
-        let sandbox = Sandbox {
+        let mut sandbox = Sandbox {
             dir: Some(dir),
             path: path.clone(),
             root: root.clone(),
             app_root: None,
             path_dirs: Vec::new(),
+            janitor: None,
         };
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
         mkdirs(&path, "root/etc")?;
+        sandbox.janitor = spawn_janitor(&path);
         if effective_ids()?.0 == 0 {
             // The hook drops to the app user, who must traverse every directory down to its home.
             for ancestor in path.ancestors().skip(1) {
@@ -508,36 +513,54 @@ impl Sandbox {
 
     /// Stops the service, kills what still runs from the sandbox, removes the sandbox. Runs once.
     fn cleanup(&mut self) -> Cleanup {
-        let started = Instant::now();
-        let mut cleanup = Cleanup::default();
-        let Some(dir) = self.dir.take() else { return cleanup };
-        if let Some(app_root) = &self.app_root {
-            cleanup.service = stop_service(&app_root.join("service.pid"));
+        let Some(dir) = self.dir.take() else { return Cleanup::default() };
+        // `path` is the canonical spelling the processes' links use.
+        let _ = dir.keep();
+        let cleanup = clean(&self.path, self.app_root.as_deref());
+        if let Some(mut janitor) = self.janitor.take() {
+            let _ = janitor.kill();
+            let _ = janitor.wait();
         }
-        let prefix = self.path.display().to_string();
-        let found = processes_under(&prefix);
-        for (pid, _) in &found {
-            signal(&pid.to_string(), "KILL");
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while !found.is_empty() && Instant::now() < deadline && !processes_under(&prefix).is_empty() {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        cleanup.survivors = processes_under(&prefix);
-        cleanup.stragglers = found;
-        let path = dir.path().to_path_buf();
-        if let Err(first) = dir.close() {
-            // Read-only directories (some wheels ship them) stop the removal; open them up.
-            let _ = Command::new("chmod").arg("-R").arg("u+rwX").arg("--").arg(&path).status();
-            if let Err(e) = fs::remove_dir_all(&path)
-                && path.exists()
-            {
-                cleanup.removal = Some(format!("cannot remove {}: {e} (first try: {first})", path.display()));
-            }
-        }
-        cleanup.seconds = started.elapsed().as_secs_f64();
         cleanup
     }
+}
+
+/// Stops the service of `app_root` (if known), kills what still runs from `path`, removes `path`.
+fn clean(path: &Path, app_root: Option<&Path>) -> Cleanup {
+    let started = Instant::now();
+    let service = match app_root {
+        Some(app_root) => stop_service(&app_root.join("service.pid")),
+        None => "no service was installed".into(),
+    };
+    let mut cleanup = Cleanup { service, ..Cleanup::default() };
+    let prefix = path.display().to_string();
+    // Kill until none is left: a dying parent may still start a child.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let found = processes_under(&prefix);
+        if found.is_empty() || Instant::now() > deadline {
+            cleanup.survivors = found;
+            break;
+        }
+        for (pid, what) in found {
+            signal(&pid.to_string(), "KILL");
+            if !cleanup.stragglers.iter().any(|(p, _)| *p == pid) {
+                cleanup.stragglers.push((pid, what));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if let Err(first) = fs::remove_dir_all(path) {
+        // Read-only directories (some wheels ship them) stop the removal; open them up.
+        let _ = Command::new("chmod").arg("-R").arg("u+rwX").arg("--").arg(path).status();
+        if let Err(e) = fs::remove_dir_all(path)
+            && path.exists()
+        {
+            cleanup.removal = Some(format!("cannot remove {}: {e} (first try: {first})", path.display()));
+        }
+    }
+    cleanup.seconds = started.elapsed().as_secs_f64();
+    cleanup
 }
 
 impl Drop for Sandbox {
@@ -699,4 +722,47 @@ fn processes_under(prefix: &str) -> Vec<(i32, String)> {
         }
     }
     found
+}
+
+/// Starts `xtask verify --rehearse-janitor SANDBOX` in a process group of its own, so that a
+/// Ctrl-C (or a kill) that ends this process before its cleanup still leaves nothing behind.
+fn spawn_janitor(sandbox: &Path) -> Option<Child> {
+    let exe = std::env::current_exe().ok()?;
+    Command::new(exe)
+        .args(["verify", "--rehearse-janitor"])
+        .arg(sandbox)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .ok()
+}
+
+/// `--rehearse-janitor SANDBOX`: waits until the rehearsing process (the parent) is gone; if the
+/// sandbox is still there, it died before its cleanup, so kill what runs from the sandbox and
+/// remove it.
+pub fn janitor(sandbox: &Path) -> ExitCode {
+    let is_sandbox = sandbox.is_absolute()
+        && sandbox.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("rehearse-"))
+        && sandbox.join("root").is_dir();
+    if !is_sandbox {
+        eprintln!("error: {} is not a rehearsal sandbox", sandbox.display());
+        return ExitCode::from(2);
+    }
+    let parent = std::os::unix::process::parent_id();
+    while std::os::unix::process::parent_id() == parent && sandbox.exists() {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if !sandbox.exists() {
+        return ExitCode::SUCCESS;
+    }
+    let cleanup = clean(sandbox, None);
+    eprintln!(
+        "rehearse: the rehearsal ended before its cleanup; {} process{} killed, sandbox {} {}",
+        cleanup.stragglers.len(),
+        if cleanup.stragglers.len() == 1 { "" } else { "es" },
+        sandbox.display(),
+        if cleanup.removal.is_some() { "NOT removed" } else { "removed" }
+    );
+    ExitCode::SUCCESS
 }

@@ -109,6 +109,9 @@ impl Report {
 impl flags::Verify {
     /// Runs the command; the exit code is 0 (no errors), 1 (errors) or 2 (could not run).
     pub(crate) fn run(self) -> ExitCode {
+        if self.rehearse_janitor {
+            return rehearse::janitor(&self.path);
+        }
         let options = Options {
             arch: self.arch.map(|a| match a {
                 flags::Arch::X86_64 => Arch::X86_64,
