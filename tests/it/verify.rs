@@ -222,6 +222,12 @@ fn exit_codes_and_json() {
         "{}",
         tests::describe(&rehearse)
     );
+    let rehearse = xtask_verify(&["--rehearse", "--json", path_arg(&bad)]);
+    assert_eq!(rehearse.status.code(), Some(1), "{}", tests::describe(&rehearse));
+    let json: serde_json::Value = serde_json::from_slice(&rehearse.stdout).expect("--json prints JSON");
+    assert_eq!(json["findings"][0]["rule"], "archive.path-traversal");
+    assert_eq!(json["rehearsal"]["skipped"], "the static checks found 1 error");
+    assert_eq!(json["rehearsal"]["steps"], serde_json::json!([]));
     let rehearse = xtask_verify(&["--rehearse", path_arg(&warned)]);
     assert_eq!(rehearse.status.code(), Some(2), "{}", tests::describe(&rehearse));
     assert!(

@@ -183,7 +183,7 @@ pub fn rehearse(
     Ok(Rehearsal { steps, findings, seconds: started.elapsed().as_secs_f64(), sandbox: sandbox.path.clone() })
 }
 
-/// True when this process runs as root (the owner of `/proc/self` is the effective uid).
+/// This process's effective uid and gid: the owner of `/proc/self`.
 fn effective_ids() -> anyhow::Result<(u32, u32)> {
     let meta =
         fs::metadata("/proc/self").context("cannot read /proc/self (the rehearsal needs Linux /proc)")?;
