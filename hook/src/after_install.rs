@@ -406,6 +406,7 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
             }
             Err(err) => {
                 drop(guard);
+                let _ = store.clean_tmp();
                 let _ = journal.append(
                     &record(deployment_id, rev, State::Failed, log, release).message(format!("{err:#}")),
                 );

@@ -100,6 +100,7 @@ impl Store {
             (self.venvs(), 0o755),
             (self.shared(), 0o750),
             (self.cache(), 0o750),
+            (self.cache().join("tmp"), 0o700),
             (self.logs(), 0o750),
         ] {
             self.mkdir(&dir, mode)?;
@@ -115,10 +116,23 @@ impl Store {
         (!rev.contains('/') && !rev.is_empty()).then(|| rev.to_owned())
     }
 
-    /// Removes what crashed runs left: staging directories and venvs never marked complete.
-    /// Runs under the lock, so nothing else is building them.
+    /// Removes what crashed runs left: staging directories, venvs never marked complete, and
+    /// the temporary files of pip and uv. Runs under the lock, so nothing else is building them.
     pub fn clean_unfinished(&self) -> anyhow::Result<Vec<String>> {
         let mut removed = Vec::new();
+        let tmp = self.cache().join("tmp");
+        if let Ok(entries) = fs::read_dir(&tmp) {
+            for entry in entries {
+                let path = entry?.path();
+                let res = if fs::symlink_metadata(&path)?.is_dir() {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
+                res.with_context(|| format!("cannot remove {}", path.display()))?;
+                removed.push(path.strip_prefix(&self.app_root).unwrap_or(&path).display().to_string());
+            }
+        }
         for (dir, unfinished) in [
             (
                 self.releases(),
@@ -135,6 +149,23 @@ impl Store {
                     removed.push(path.strip_prefix(&self.app_root).unwrap_or(&path).display().to_string());
                 }
             }
+        }
+        Ok(removed)
+    }
+
+    /// Empties `cache/tmp`, the TMPDIR of pip, uv and post-install commands.
+    pub fn clean_tmp(&self) -> anyhow::Result<Vec<String>> {
+        let mut removed = Vec::new();
+        let Ok(entries) = fs::read_dir(self.cache().join("tmp")) else { return Ok(removed) };
+        for entry in entries {
+            let path = entry?.path();
+            let res = if fs::symlink_metadata(&path)?.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            res.with_context(|| format!("cannot remove {}", path.display()))?;
+            removed.push(path.strip_prefix(&self.app_root).unwrap_or(&path).display().to_string());
         }
         Ok(removed)
     }

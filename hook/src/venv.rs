@@ -58,6 +58,9 @@ pub fn child_env(store: &Store, extra_path: Option<&Path>) -> Vec<(OsString, OsS
     env.push(("PATH".into(), path));
     env.push(("HOME".into(), store.app_root.clone().into()));
     env.push(("LANG".into(), "C.UTF-8".into()));
+    // Temporary files stay under the app root too, where the next run removes what an
+    // interrupted pip or uv left (Store::clean_unfinished).
+    env.push(("TMPDIR".into(), store.cache().join("tmp").into()));
     env.push(("PIP_CACHE_DIR".into(), store.cache().join("pip").into()));
     env.push(("UV_CACHE_DIR".into(), store.cache().join("uv").into()));
     env.push(("UV_PYTHON_DOWNLOADS".into(), "never".into()));

@@ -54,6 +54,7 @@ fn assert_nothing_half_built(sandbox: &Sandbox) {
         let marker = sandbox.app_root().join("venvs").join(&name).join(".deploy-complete");
         assert!(marker.exists(), "unfinished venv left: {name}");
     }
+    assert_eq!(sandbox.listing("cache/tmp"), Vec::<String>::new(), "pip or uv left temporary files");
 }
 
 #[test]
