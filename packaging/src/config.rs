@@ -282,6 +282,50 @@ impl Timeout {
     }
 }
 
+/// A count of at least `MIN`, checked while parsing so the error has its line and column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AtLeast<const MIN: u32>(u32);
+
+impl<const MIN: u32> AtLeast<MIN> {
+    /// Validates `value`.
+    pub fn new(value: u64) -> Result<Self, String> {
+        match u32::try_from(value) {
+            Ok(v) if v >= MIN => Ok(AtLeast(v)),
+            _ => Err(format!("{value} is below {MIN}")),
+        }
+    }
+
+    /// The count.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl<const MIN: u32> Serialize for AtLeast<MIN> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u32(self.0)
+    }
+}
+
+impl<'de, const MIN: u32> Deserialize<'de> for AtLeast<MIN> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<const MIN: u32>;
+        impl<const MIN: u32> serde::de::Visitor<'_> for Visitor<MIN> {
+            type Value = AtLeast<MIN>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a whole number of at least {MIN}")
+            }
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<AtLeast<MIN>, E> {
+                AtLeast::new(value).map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<AtLeast<MIN>, E> {
+                AtLeast::new(value.max(0) as u64).map_err(|_| E::custom(format!("{value} is below {MIN}")))
+            }
+        }
+        deserializer.deserialize_u64(Visitor::<MIN>)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // deploy.yaml
 
@@ -397,7 +441,7 @@ pub struct HypercornConfig {
     #[serde(default = "default_bind")]
     pub bind: Vec<Text>,
     #[serde(default = "default_workers")]
-    pub workers: u32,
+    pub workers: AtLeast<1>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_class: Option<WorkerClass>,
     #[serde(default = "default_graceful_timeout")]
@@ -533,7 +577,7 @@ pub struct DeployConfig {
     pub shared_dirs: Vec<RelPath>,
     /// How many good releases to keep (at least 2: the current and the previous).
     #[serde(default = "default_keep")]
-    pub keep_releases: u32,
+    pub keep_releases: AtLeast<2>,
     /// The interpreter on the instance that builds the venv.
     #[serde(default = "default_python")]
     pub python: AbsPath,
@@ -569,8 +613,8 @@ fn default_requirements() -> RelPath {
 fn default_env_sample() -> RelPath {
     RelPath("configs/sample.env".into())
 }
-fn default_keep() -> u32 {
-    5
+fn default_keep() -> AtLeast<2> {
+    AtLeast(5)
 }
 fn default_python() -> AbsPath {
     AbsPath("/usr/bin/python3".into())
@@ -584,8 +628,8 @@ fn default_restart_sec() -> u32 {
 fn default_bind() -> Vec<Text> {
     vec![Text("127.0.0.1:8000".into())]
 }
-fn default_workers() -> u32 {
-    1
+fn default_workers() -> AtLeast<1> {
+    AtLeast(1)
 }
 fn default_graceful_timeout() -> f64 {
     10.0
@@ -686,17 +730,8 @@ impl DeployConfig {
     pub fn parse(path: &Path, text: &str) -> Result<DeployConfig, ConfigError> {
         let config: DeployConfig = serde_yaml::from_str(text).map_err(|err| yaml_error(path, err))?;
         let invalid = |message: String| ConfigError::Invalid { path: path.display().to_string(), message };
-        if config.keep_releases < 2 {
-            return Err(invalid(format!(
-                "keep_releases: {} is below 2 (the current and the previous release are always kept)",
-                config.keep_releases
-            )));
-        }
         if config.hypercorn.bind.is_empty() {
             return Err(invalid("hypercorn.bind: at least one address is needed".into()));
-        }
-        if config.hypercorn.workers == 0 {
-            return Err(invalid("hypercorn.workers: must be at least 1".into()));
         }
         for (i, cmd) in config.post_install.iter().enumerate() {
             if cmd.run.is_empty() {
@@ -766,7 +801,7 @@ impl DeployConfig {
             installer: self.installer,
             arch: arch.to_owned(),
             venv_key: venv_key(self.python.as_str(), self.installer, requirements),
-            keep_releases: self.keep_releases,
+            keep_releases: self.keep_releases.get(),
             shared_files: self.shared_files.clone(),
             shared_dirs: self.shared_dirs.clone(),
             stop_on_application_stop: self.service.stop_on_application_stop,

@@ -62,10 +62,12 @@ fn errors_name_file_key_line_and_column() {
     );
     check_err("user: snake\n", expect!["app/deploy.yaml: missing field `app`"]);
     check_err(
+        "app: api\nhypercorn:\n  workers: 0\n",
+        expect!["app/deploy.yaml: hypercorn.workers: 0 is below 1 at line 3 column 12"],
+    );
+    check_err(
         "app: api\nkeep_releases: 1\n",
-        expect![
-            "app/deploy.yaml: keep_releases: 1 is below 2 (the current and the previous release are always kept)"
-        ],
+        expect!["app/deploy.yaml: keep_releases: 1 is below 2 at line 2 column 16"],
     );
     check_err(
         "app: api\nservice:\n  asgi_app: app\n",
