@@ -40,12 +40,22 @@ pub fn lock_wait() -> Duration {
 /// Opens the store of `release` under `ctx.root`, resolving the app user.
 pub fn open_store(ctx: &Ctx, release: &Release) -> anyhow::Result<Store> {
     let ids = users::resolve(&ctx.root, release.user.as_str(), release.group.as_str())?;
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = is_root();
     if !root && ids.uid != unsafe { libc::geteuid() } {
         bail!("run as root or as the app user {} (uid {})", release.user, ids.uid);
     }
     Ok(Store { app_root: ctx.host(release.app_root.as_str()), owner: root.then_some(ids) })
+}
+
+/// True when the hook runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The store of `release` for reading only (`status`): any user who can read it may.
+pub fn read_store(ctx: &Ctx, release: &Release) -> Store {
+    Store { app_root: ctx.host(release.app_root.as_str()), owner: None }
 }
 
 /// Where a file of the revision goes in the release, if it goes at all.

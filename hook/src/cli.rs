@@ -25,7 +25,8 @@ pub struct Cli {
     /// /etc/group) under DIR, to run a whole deployment in a sandbox.
     #[arg(long, global = true, value_name = "DIR", env = "DEPLOY_HOOK_ROOT", default_value = "/")]
     pub root: PathBuf,
-    /// How services are driven: systemd, or none (no systemctl call; log what would be done).
+    /// How services are driven: systemd, process (the unit's ExecStart supervised directly, where
+    /// no systemd runs), or none (no call; log what would be done).
     #[arg(long, global = true, value_enum, env = "DEPLOY_HOOK_SERVICE_MANAGER", default_value = "systemd")]
     pub service_manager: Manager,
     #[command(subcommand)]
@@ -131,13 +132,19 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         }
     };
     let mut log = Log::new(name);
+    // ApplicationStop runs the previous revision's binary with the new deployment's id; it
+    // needs no id and must never fail, whatever state that old revision is in.
+    if event == LifecycleEvent::ApplicationStop {
+        let verdict = match Revision::of_this_binary() {
+            Ok(revision) => lifecycle::application_stop(&ctx, &revision, &log),
+            Err(err) => format!(
+                "application-stop ok, with a warning (a failed stop must not block deployments): {err:#}"
+            ),
+        };
+        return finish(name, Ok(verdict));
+    }
     let res = (|| -> anyhow::Result<String> {
         let revision = Revision::of_this_binary()?;
-        // ApplicationStop runs the previous revision's binary with the new deployment's id;
-        // it needs no id and must never fail.
-        if event == LifecycleEvent::ApplicationStop {
-            return Ok(lifecycle::application_stop(&ctx, &revision, &log));
-        }
         let env = hook_env()?;
         log.info(format!(
             "{event} of deployment {} ({} / {}), revision {}",

@@ -8,7 +8,7 @@ use packaging::{Manifest, config::Release, layout};
 use serde::Serialize;
 
 use crate::{
-    after_install::{install_unit, lock_wait, open_store},
+    after_install::{install_unit, lock_wait, open_store, read_store},
     context::{Ctx, Revision},
     health,
     journal::{Journal, Record, State, live_history, states},
@@ -317,7 +317,7 @@ struct Status {
 /// `deploy-hook status [--json]`.
 pub fn status(ctx: &Ctx, revision: &Revision, json: bool) -> anyhow::Result<String> {
     let release = &revision.release;
-    let store = open_store(ctx, release)?;
+    let store = read_store(ctx, release);
     let records = Journal::new(&store.app_root).read()?;
     let current = store.current_revision();
     let previous =

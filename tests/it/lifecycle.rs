@@ -200,6 +200,11 @@ fn events_that_must_not_fail_and_preflight_errors() {
     // ApplicationStop still exits 0, with a warning.
     let out = sandbox.hook(&archive, "ApplicationStop", "d-EVENTS001").output().unwrap();
     assert!(out.status.success() && last_line(&out).contains("with a warning"), "{}", describe(&out));
+    // Even when the old revision it runs from is broken.
+    fs::write(archive.join("deploy/release.yaml"), "{ not json").unwrap();
+    let out = sandbox.hook(&archive, "ApplicationStop", "d-EVENTS001").output().unwrap();
+    assert!(out.status.success() && last_line(&out).contains("with a warning"), "{}", describe(&out));
+    assert!(last_line(&out).contains("deploy/release.yaml"), "{}", describe(&out));
 }
 
 #[test]
