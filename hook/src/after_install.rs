@@ -16,7 +16,7 @@ use packaging::{
     Manifest,
     config::Release,
     layout,
-    manifest::{EXECUTABLE, SYMLINK},
+    manifest::{EXECUTABLE, SYMLINK, link_stays_inside},
 };
 
 use crate::{
@@ -131,6 +131,10 @@ fn stage_files(
         }
         if mode == SYMLINK {
             let link = fs::read_link(&source)?;
+            let text = link.to_str().unwrap_or("");
+            if !link_stays_inside(&dest, text) {
+                bail!("{dest}: symlink to {text:?} would point outside the release");
+            }
             symlink(&link, &target).with_context(|| format!("cannot create {}", target.display()))?;
             store.own(&target)?;
             staged.copied += 1;
@@ -337,6 +341,20 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
     if known {
         log.info(format!("release {rev} is already built: a flip, not a rebuild"));
         venv_note = "flip";
+        if !release_dir.join(".venv/bin/python").exists() {
+            // Its venv was removed by hand: build that again, keep the release as it is.
+            log.step("python environment", |log| {
+                let python = PathBuf::from(release.python.as_str());
+                venv::ensure(
+                    &store,
+                    release,
+                    &python,
+                    &release_dir.join(layout::REQUIREMENTS),
+                    &logs_file,
+                    log,
+                )
+            })?;
+        }
     } else {
         if release_dir.exists() {
             // Renamed into place but never recorded: a crash between the two. Build it again.

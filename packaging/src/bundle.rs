@@ -13,7 +13,7 @@ use appspec::AppSpec;
 use crate::{
     config::{ConfigError, DEPLOY_YAML, DeployConfig, Release},
     layout,
-    manifest::{self, Manifest, is_clean_path, normalized_mode},
+    manifest::{self, Manifest, is_clean_path, link_stays_inside, normalized_mode},
     render,
     tarball::{self, Content, Entry, Source},
 };
@@ -220,27 +220,6 @@ fn source_entries(src: &Path) -> Result<Vec<Entry>, BundleError> {
     Ok(out)
 }
 
-/// True when a relative symlink at `link` (relative to the tree root) resolves inside the tree.
-pub fn link_stays_inside(link: &str, target: &str) -> bool {
-    if target.is_empty() || target.starts_with('/') {
-        return false;
-    }
-    let mut depth: Vec<&str> = link.split('/').collect();
-    depth.pop();
-    for part in target.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                if depth.pop().is_none() {
-                    return false;
-                }
-            }
-            name => depth.push(name),
-        }
-    }
-    true
-}
-
 /// An app directory, read and validated: everything but the hook binary.
 #[derive(Debug)]
 pub struct AppSource {
@@ -397,7 +376,7 @@ impl<W: Write> Write for HashingWriter<W> {
 
 #[cfg(test)]
 mod tests {
-    use super::link_stays_inside;
+    use crate::manifest::link_stays_inside;
 
     #[test]
     fn symlink_escapes() {

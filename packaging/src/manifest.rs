@@ -238,6 +238,27 @@ impl Manifest {
     }
 }
 
+/// True when a relative symlink at `link` (relative to the tree root) resolves inside the tree.
+pub fn link_stays_inside(link: &str, target: &str) -> bool {
+    if target.is_empty() || target.starts_with('/') {
+        return false;
+    }
+    let mut depth: Vec<&str> = link.split('/').collect();
+    depth.pop();
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if depth.pop().is_none() {
+                    return false;
+                }
+            }
+            name => depth.push(name),
+        }
+    }
+    true
+}
+
 /// The mode a bundle gives a file: 0755 when any execute bit is set, else 0644.
 pub fn normalized_mode(permissions: &fs::Permissions) -> u32 {
     if permissions.mode() & 0o111 != 0 { EXECUTABLE } else { FILE }

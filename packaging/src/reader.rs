@@ -18,7 +18,7 @@ use std::{
 use appspec::diag::{Finding, Severity};
 use sha2::{Digest, Sha256};
 
-use crate::{bundle::link_stays_inside, hex, layout};
+use crate::{hex, layout, manifest::link_stays_inside};
 
 /// Caps that keep a hostile input from exhausting memory or disk.
 #[derive(Debug, Clone, Copy)]

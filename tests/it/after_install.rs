@@ -133,6 +133,17 @@ fn first_deployment_with_pip_then_redeploys_flips_and_no_ops() {
     let last = sandbox.journal().last().unwrap().clone();
     assert_eq!(last["deployment_id"], "d-ROLLBACK3");
     assert_nothing_half_built(&sandbox);
+
+    // A venv removed by hand under the live release: the next deployment builds it again and
+    // keeps the release (current never dangles).
+    for venv in sandbox.listing("venvs") {
+        fs::remove_dir_all(sandbox.app_root().join("venvs").join(venv)).unwrap();
+    }
+    let out = sandbox.after_install(&bundle_a, "d-REVENV004").unwrap();
+    assert!(assert_ok(&out).contains("flip"), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("python environment ok"), "{}", describe(&out));
+    assert!(sandbox.app_root().join("current/.venv/bin/python").exists());
+    assert_nothing_half_built(&sandbox);
 }
 
 #[test]
