@@ -428,7 +428,7 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
         })();
         match built {
             Ok(note) => {
-                std::mem::forget(guard);
+                guard.disarm();
                 venv_note = note;
                 journal.append(&record(deployment_id, rev, State::Ready, log, release))?;
             }

@@ -151,12 +151,19 @@ pub fn ensure(
     let marker = dir.join(VENV_COMPLETE);
     write_atomic(&marker, format!("installer={used}\nkey={key}\n").as_bytes(), 0o644)?;
     store.own(&marker)?;
-    std::mem::forget(guard);
+    guard.disarm();
     Ok(Outcome::Built(used))
 }
 
-/// Removes a directory when dropped, unless forgotten: a failed build leaves nothing.
+/// Removes a directory when dropped, unless disarmed: a failed build leaves nothing.
 pub struct RemoveOnDrop(pub Option<PathBuf>);
+
+impl RemoveOnDrop {
+    /// Keeps the directory: the work in it is complete.
+    pub fn disarm(mut self) {
+        self.0 = None;
+    }
+}
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
