@@ -6,4 +6,5 @@ mod container;
 mod lifecycle;
 mod rehearse;
 mod systemd;
+mod tidy;
 mod verify;
