@@ -20,6 +20,9 @@ use crate::{
 
 /// Prefix of staging directories in `releases/`: unfinished by definition.
 pub const STAGING_PREFIX: &str = ".tmp-";
+/// The environment variable every child of the hook carries, set to the app root.
+pub const RUN_MARK: &str = "DEPLOY_HOOK_RUN";
+
 /// Name of the file that marks a venv as complete.
 pub const VENV_COMPLETE: &str = ".deploy-complete";
 
@@ -116,23 +119,13 @@ impl Store {
         (!rev.contains('/') && !rev.is_empty()).then(|| rev.to_owned())
     }
 
-    /// Removes what crashed runs left: staging directories, venvs never marked complete, and
-    /// the temporary files of pip and uv. Runs under the lock, so nothing else is building them.
+    /// Removes what crashed runs left: processes, staging directories, venvs never marked
+    /// complete, and the temporary files of pip and uv. Runs under the lock, so nothing else is
+    /// building them.
     pub fn clean_unfinished(&self) -> anyhow::Result<Vec<String>> {
-        let mut removed = Vec::new();
-        let tmp = self.cache().join("tmp");
-        if let Ok(entries) = fs::read_dir(&tmp) {
-            for entry in entries {
-                let path = entry?.path();
-                let res = if fs::symlink_metadata(&path)?.is_dir() {
-                    fs::remove_dir_all(&path)
-                } else {
-                    fs::remove_file(&path)
-                };
-                res.with_context(|| format!("cannot remove {}", path.display()))?;
-                removed.push(path.strip_prefix(&self.app_root).unwrap_or(&path).display().to_string());
-            }
-        }
+        let mut removed: Vec<String> =
+            self.kill_orphans().into_iter().map(|pid| format!("process {pid}")).collect();
+        removed.extend(self.clean_tmp()?);
         for (dir, unfinished) in [
             (
                 self.releases(),
@@ -151,6 +144,30 @@ impl Store {
             }
         }
         Ok(removed)
+    }
+
+    /// Kills processes that an interrupted run left behind (pip's own children survive the
+    /// death of the hook): every process whose environment carries [`RUN_MARK`] for this app
+    /// root. Called under the lock, when no live run of the hook has children.
+    pub fn kill_orphans(&self) -> Vec<i32> {
+        let mut mark = format!("{RUN_MARK}=").into_bytes();
+        mark.extend_from_slice(self.app_root.as_os_str().as_encoded_bytes());
+        let me = std::process::id() as i32;
+        let mut killed = Vec::new();
+        let Ok(procs) = fs::read_dir("/proc") else { return killed };
+        for entry in procs.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+            if pid == me {
+                continue;
+            }
+            let Ok(environ) = fs::read(entry.path().join("environ")) else { continue };
+            if environ.split(|b| *b == 0).any(|var| var == mark.as_slice()) {
+                // SAFETY: kill(2) on a pid we just read; at worst it has exited.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                killed.push(pid);
+            }
+        }
+        killed
     }
 
     /// Empties `cache/tmp`, the TMPDIR of pip, uv and post-install commands.

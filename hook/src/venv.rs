@@ -57,6 +57,9 @@ pub fn child_env(store: &Store, extra_path: Option<&Path>) -> Vec<(OsString, OsS
     path.push("/usr/local/bin:/usr/bin:/bin");
     env.push(("PATH".into(), path));
     env.push(("HOME".into(), store.app_root.clone().into()));
+    // Inherited by grandchildren too: after a kill -9 of the hook, the next run finds what it
+    // left running by this mark (Store::kill_orphans).
+    env.push((crate::store::RUN_MARK.into(), store.app_root.clone().into()));
     env.push(("LANG".into(), "C.UTF-8".into()));
     // Temporary files stay under the app root too, where the next run removes what an
     // interrupted pip or uv left (Store::clean_unfinished).

@@ -55,6 +55,8 @@ fn assert_nothing_half_built(sandbox: &Sandbox) {
         assert!(marker.exists(), "unfinished venv left: {name}");
     }
     assert_eq!(sandbox.listing("cache/tmp"), Vec::<String>::new(), "pip or uv left temporary files");
+    let left = tests::sandbox::marked_processes(&sandbox.app_root());
+    assert!(left.is_empty(), "processes of a hook run are still alive: {left:#?}");
 }
 
 #[test]
@@ -305,6 +307,11 @@ fn killed_at_every_step_boundary_then_a_rerun_completes() {
     std::thread::sleep(Duration::from_millis(2500));
     child.kill().unwrap();
     child.wait().unwrap();
+    // pip's own children outlive the hook (PR_SET_PDEATHSIG reaches only its direct child);
+    // the next run must find and stop them before it removes the venv they write into.
+    std::thread::sleep(Duration::from_millis(200));
+    let orphans = tests::sandbox::marked_processes(&sandbox.app_root());
+    println!("orphans after kill -9: {orphans:#?}");
 
     let out = sandbox.hook(&archive, "AfterInstall", "d-KILLB0003").output().unwrap();
     assert_ok(&out);
@@ -435,4 +442,43 @@ fn pruning_keeps_good_releases_by_journal_order_and_drops_unused_venvs() {
     assert_failed(&out, "post-install command \"fail\" exited with status 1");
     let releases = sandbox.listing("releases");
     assert!(releases.contains(&c) && releases.contains(&d) && releases.len() == 2, "{releases:?}");
+}
+
+#[test]
+fn a_rerun_stops_what_a_killed_hook_left_running() {
+    // A migration that starts a grandchild the first time: PR_SET_PDEATHSIG takes down the
+    // shell with the hook, but not the `sleep` it started.
+    let once = "if [ -e \"$HOME/.ran-once\" ]; then exit 0; fi; touch \"$HOME/.ran-once\"; sleep 300 & wait";
+    let post = format!("post_install:\n  - name: migrate\n    run: [sh, -c, '{once}']\n    timeout: 600");
+    let port = free_port();
+    let (dir, app) = example_variant(port, &[("post_install: []", &post)]).unwrap();
+    let bundle = build_bundle(&app, &dir.path().join("a"), &[]).unwrap();
+    let mut sandbox = Sandbox::new().unwrap();
+    sandbox.provide_uv().unwrap();
+    let archive = sandbox.extract(&bundle, "d-ORPHAN001").unwrap();
+    let mut hook = sandbox
+        .hook(&archive, "AfterInstall", "d-ORPHAN001")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let sleeping =
+        || tests::sandbox::marked_processes(&sandbox.app_root()).iter().any(|p| p.contains("sleep 300"));
+    while !sleeping() {
+        assert!(start.elapsed() < Duration::from_secs(60), "the post-install command never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    hook.kill().unwrap();
+    hook.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let orphans = tests::sandbox::marked_processes(&sandbox.app_root());
+    assert!(
+        orphans.iter().any(|p| p.contains("sleep 300")),
+        "the grandchild did not outlive the hook: {orphans:?}"
+    );
+
+    let out = sandbox.hook(&archive, "AfterInstall", "d-ORPHAN001").output().unwrap();
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed process"), "{}", describe(&out));
+    assert_nothing_half_built(&sandbox);
 }

@@ -150,6 +150,8 @@ impl Sandbox {
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .uid(APP_UID)
             .gid(APP_UID)
+            // hypercorn's workers are its children: a group of their own, killed together.
+            .process_group(0)
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -176,9 +178,29 @@ pub struct Service {
 
 impl Drop for Service {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.wait();
     }
+}
+
+/// Processes whose environment carries deploy-hook's run mark for `app_root`: children of a
+/// hook run (pip, uv, post-install commands), which must not outlive it.
+pub fn marked_processes(app_root: &Path) -> Vec<String> {
+    let mark = format!("DEPLOY_HOOK_RUN={}", app_root.display());
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(environ) = fs::read(entry.path().join("environ")) else { continue };
+        if environ.split(|b| *b == 0).any(|var| var == mark.as_bytes()) {
+            let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            found.push(format!(
+                "{}: {}",
+                entry.file_name().to_string_lossy(),
+                String::from_utf8_lossy(&cmdline).replace('\0', " ")
+            ));
+        }
+    }
+    found
 }
 
 /// GET `http://127.0.0.1:<port><path>` with HTTP/1.0, retried until `deadline`; returns the
