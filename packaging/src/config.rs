@@ -738,6 +738,25 @@ impl DeployConfig {
                 return Err(invalid(format!("post_install[{i}].run: the command is empty")));
             }
         }
+        let mut seen = std::collections::BTreeSet::new();
+        let shared = config.shared_files.iter().map(|p| ("shared_files", p));
+        for (key, path) in shared.chain(config.shared_dirs.iter().map(|p| ("shared_dirs", p))) {
+            let top = path.as_str().split('/').next().unwrap_or_default();
+            if crate::layout::RESERVED_IN_RELEASE.contains(&top) {
+                let hint = match top {
+                    ".env" => "create shared/.env on the instance instead: the release links to it",
+                    _ => "choose another path",
+                };
+                return Err(invalid(format!(
+                    "{key}: {path} is where the release puts its own {top}; {hint}"
+                )));
+            }
+            if !seen.insert(path.as_str()) {
+                return Err(invalid(format!(
+                    "{key}: {path} is listed twice in shared_files and shared_dirs"
+                )));
+            }
+        }
         if config.health.url.is_none() && config.default_health_url().is_none() {
             return Err(invalid(
                 "health.url: no TCP address in hypercorn.bind to derive it from; set health.url".into(),

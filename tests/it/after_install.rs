@@ -482,3 +482,52 @@ fn a_rerun_stops_what_a_killed_hook_left_running() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("removed process"), "{}", describe(&out));
     assert_nothing_half_built(&sandbox);
 }
+
+#[test]
+fn shared_files_and_dirs_outlive_releases() {
+    let port = free_port();
+    let shared = "shared_files: [settings/local.ini]\nshared_dirs: [data]\nkeep_releases: 5";
+    let (dir, app) = example_variant(port, &[("keep_releases: 5", shared)]).unwrap();
+    fs::create_dir_all(app.join("src/settings")).unwrap();
+    fs::write(app.join("src/settings/local.ini"), "seeded = 1\n").unwrap();
+    let bundle = build_bundle(&app, &dir.path().join("a"), &[]).unwrap();
+    let mut sandbox = Sandbox::new().unwrap();
+    sandbox.provide_uv().unwrap();
+    let shared_dir = sandbox.app_root().join("shared");
+    fs::create_dir_all(&shared_dir).unwrap();
+    fs::write(shared_dir.join(".env"), "GREETING=from shared\n").unwrap();
+
+    assert_ok(&sandbox.after_install(&bundle, "d-SHARED001").unwrap());
+    let release = sandbox.app_root().join("current");
+    assert_eq!(fs::read_link(release.join(".env")).unwrap(), Path::new("../../shared/.env"));
+    assert_eq!(fs::read_link(release.join("data")).unwrap(), Path::new("../../shared/data"));
+    assert_eq!(
+        fs::read_link(release.join("settings/local.ini")).unwrap(),
+        Path::new("../../../shared/settings/local.ini")
+    );
+    // The first release seeds the shared file; later ones keep what is there.
+    assert_eq!(fs::read_to_string(shared_dir.join("settings/local.ini")).unwrap(), "seeded = 1\n");
+    fs::write(shared_dir.join("settings/local.ini"), "edited = 1\n").unwrap();
+    assert_eq!(fs::metadata(shared_dir.join("data")).unwrap().uid(), APP_UID);
+    fs::write(shared_dir.join("data/kept.txt"), "x").unwrap();
+
+    edit_file(&app, "src/app.py", "hello", "hello again");
+    let bundle = build_bundle(&app, &dir.path().join("b"), &[]).unwrap();
+    assert_ok(&sandbox.after_install(&bundle, "d-SHARED002").unwrap());
+    let release = sandbox.app_root().join("current");
+    assert_eq!(fs::read_to_string(release.join("settings/local.ini")).unwrap(), "edited = 1\n");
+    assert!(release.join("data/kept.txt").exists());
+    assert_eq!(fs::read_to_string(release.join(".env")).unwrap(), "GREETING=from shared\n");
+
+    // A shared file that is neither on the instance nor in the release: refused, clearly.
+    fs::remove_file(shared_dir.join("settings/local.ini")).unwrap();
+    fs::remove_file(app.join("src/settings/local.ini")).unwrap();
+    edit_file(&app, "src/app.py", "hello again", "hello once more");
+    let bundle = build_bundle(&app, &dir.path().join("c"), &[]).unwrap();
+    let out = sandbox.after_install(&bundle, "d-SHARED003").unwrap();
+    assert_failed(
+        &out,
+        "shared file shared/settings/local.ini does not exist and the release has none to seed it",
+    );
+    assert_nothing_half_built(&sandbox);
+}

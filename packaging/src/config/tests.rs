@@ -60,6 +60,22 @@ fn errors_name_file_key_line_and_column() {
             "app/deploy.yaml: unknown field `extra`, expected one of `app`, `user`, `group`, `app_root`, `source_dir`, `requirements`, `env_sample`, `shared_files`, `shared_dirs`, `keep_releases`, `python`, `installer`, `service`, `hypercorn`, `health`, `post_install`, `timeouts` at line 2 column 1"
         ],
     );
+    check_err(
+        "app: api\nshared_files: [.env]\n",
+        expect![
+            "app/deploy.yaml: shared_files: .env is where the release puts its own .env; create shared/.env on the instance instead: the release links to it"
+        ],
+    );
+    check_err(
+        "app: api\nshared_dirs: [configs/extra]\n",
+        expect![
+            "app/deploy.yaml: shared_dirs: configs/extra is where the release puts its own configs; choose another path"
+        ],
+    );
+    check_err(
+        "app: api\nshared_files: [data/a]\nshared_dirs: [data/a]\n",
+        expect!["app/deploy.yaml: shared_dirs: data/a is listed twice in shared_files and shared_dirs"],
+    );
     check_err("user: snake\n", expect!["app/deploy.yaml: missing field `app`"]);
     check_err(
         "app: api\nhypercorn:\n  workers: 0\n",
