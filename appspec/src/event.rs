@@ -92,7 +92,7 @@ impl fmt::Display for LifecycleEvent {
 
 /// True when `id` has the shape of a CodeDeploy deployment id: `d-` then letters and digits.
 ///
-/// codedeploy-local ids (`d-XXXXXXXXX-local`) are accepted too: one `-local` suffix.
+/// codedeploy-local ids (like `d-4B2QW9M1Z-local`) are accepted too: one `-local` suffix.
 pub fn is_deployment_id(id: &str) -> bool {
     let body = id.strip_prefix("d-").unwrap_or("");
     let body = body.strip_suffix("-local").unwrap_or(body);
@@ -158,7 +158,7 @@ mod tests {
 
     #[test]
     fn deployment_ids() {
-        for good in ["d-ABCDEF123", "d-1", "d-XXXXXXXXX-local"] {
+        for good in ["d-ABCDEF123", "d-1", "d-4B2QW9M1Z-local"] {
             assert!(is_deployment_id(good), "{good}");
         }
         for bad in ["", "d-", "x-ABC", "d-../x", "d-a b", "d-a/b", "d-ab.c", "D-ABC", "d-a-b"] {
