@@ -186,8 +186,7 @@ impl Supervisor {
                 .with_context(|| format!("WorkingDirectory {dir} does not exist"))?;
             cmd.current_dir(dir);
         }
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0
+        if crate::after_install::is_root()
             && let Some(user) = &spec.user
         {
             let ids = users::resolve(&self.root, user, spec.group.as_deref().unwrap_or(user))?;
@@ -213,22 +212,25 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Stops the service: SIGTERM to its process group, SIGKILL after the unit's stop timeout.
-    pub fn stop(&self, log: &Log) -> anyhow::Result<()> {
+    /// Stops the service: SIGTERM to its process group, SIGKILL after the unit's
+    /// TimeoutStopSec (20 s when the unit has none or cannot be read), as systemd does.
+    pub fn stop(&self, unit_file: &Path, log: &Log) -> anyhow::Result<()> {
         let Some(pid) = self.running() else {
             let _ = fs::remove_file(self.pidfile());
             return Ok(());
         };
         // SAFETY: plain syscalls on the group the supervisor created.
         unsafe { libc::kill(-pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let grace = fs::read_to_string(unit_file).ok().and_then(|text| UnitSpec::parse(&text).stop_timeout);
+        let grace = Duration::from_secs(grace.unwrap_or(20));
+        let deadline = Instant::now() + grace;
         while Instant::now() < deadline && self.running().is_some() {
             unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
             std::thread::sleep(Duration::from_millis(50));
         }
         if self.running().is_some() {
             unsafe { libc::kill(-pid, libc::SIGKILL) };
-            log.info(format!("process {pid} did not stop in 20s; killed it"));
+            log.info(format!("process {pid} did not stop in {}s; killed it", grace.as_secs()));
         }
         unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
         let _ = fs::remove_file(self.pidfile());
@@ -238,7 +240,7 @@ impl Supervisor {
 
     /// Stops, then starts.
     pub fn restart(&self, unit_file: &Path, log: &Log) -> anyhow::Result<()> {
-        self.stop(log)?;
+        self.stop(unit_file, log)?;
         self.start(unit_file, log)
     }
 

@@ -103,7 +103,7 @@ impl Service<'_> {
     pub fn stop(&self, log: &Log) -> anyhow::Result<()> {
         match self.manager {
             Manager::Systemd => systemctl_ok(&["stop", self.unit]),
-            Manager::Process => self.supervisor.stop(log),
+            Manager::Process => self.supervisor.stop(&self.unit_file, log),
             Manager::None => {
                 log.info(format!("service manager none: would run systemctl stop {}", self.unit));
                 Ok(())
