@@ -41,6 +41,7 @@ pub fn lock_wait() -> Duration {
 pub fn open_store(ctx: &Ctx, release: &Release) -> anyhow::Result<Store> {
     let ids = users::resolve(&ctx.root, release.user.as_str(), release.group.as_str())?;
     let root = is_root();
+    // SAFETY: geteuid has no preconditions.
     if !root && ids.uid != unsafe { libc::geteuid() } {
         bail!("run as root or as the app user {} (uid {})", release.user, ids.uid);
     }

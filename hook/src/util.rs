@@ -29,8 +29,8 @@ pub fn now() -> String {
     rfc3339(SystemTime::now())
 }
 
-/// Prints one time-stamped line per step, with its duration, on stderr (the agent logs both
-/// streams; the verdict goes last on stdout).
+/// Prints one time-stamped line per step, with its duration, on stdout, the stream the verdict
+/// goes to last: the agent reads stdout and stderr in two threads and does not keep their order.
 pub struct Log {
     prefix: &'static str,
     started: Instant,

@@ -340,18 +340,13 @@ fn sigterm_stops_children_and_removes_what_was_staged() {
     }
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: a plain kill(2) on our own child.
-    unsafe { libc_kill(child.id() as i32, 15) };
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(last_line(&out).contains("interrupted by a signal"), "{}", describe(&out));
     assert_eq!(sandbox.current().as_deref(), Some(rev_a.as_str()));
     assert_nothing_half_built(&sandbox);
     assert_eq!(sandbox.listing("venvs").len(), 1, "the half-built venv is gone");
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, signal: i32) -> i32;
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::{
     fs,
     io::{Read, Write},
     net::TcpStream,
-    os::unix::fs::PermissionsExt,
+    os::unix::{fs::PermissionsExt, process::CommandExt},
     path::{Path, PathBuf},
     process::{Command, Output},
     time::{Duration, Instant},
@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use crate::{path_str, run_ok};
+use crate::run_ok;
 
 /// The uid and gid of the app user in every sandbox.
 pub const APP_UID: u32 = 1500;
@@ -160,8 +160,6 @@ impl Sandbox {
     }
 }
 
-use std::os::unix::process::CommandExt;
-
 fn read_env(path: &Path) -> Vec<(String, String)> {
     fs::read_to_string(path)
         .unwrap_or_default()
@@ -247,6 +245,5 @@ pub fn example_variant(port: u16, edits: &[(&str, &str)]) -> anyhow::Result<(tem
         yaml = yaml.replacen(from, to, 1);
     }
     fs::write(&yaml_path, yaml)?;
-    let _ = path_str(&app)?;
     Ok((dir, app))
 }

@@ -71,18 +71,12 @@ impl flags::Bench {
             work.path().display()
         );
         bench_bundle(&sh, &app, &hook, work.path(), self.runs)?;
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc_geteuid() } != 0 {
+        if crate::rehearse::effective_ids()?.0 != 0 {
             println!("redeploy: skipped (needs root: the hook and the seed chown to the app user)");
             return Ok(());
         }
         bench_redeploy(&sh, &app, &hook, work.path(), self.runs)
     }
-}
-
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }
 
 /// The example app plus `files` source files of `mib` MiB in all, with deterministic content.

@@ -24,7 +24,7 @@ use appspec::{
     LifecycleEvent,
     diag::{Finding, Severity},
 };
-use packaging::{Release, config::Installer, layout};
+use packaging::{Release, bundle::Arch, config::Installer, layout};
 
 use crate::verify::find_in_path;
 
@@ -184,7 +184,7 @@ pub fn rehearse(
 }
 
 /// This process's effective uid and gid: the owner of `/proc/self`.
-fn effective_ids() -> anyhow::Result<(u32, u32)> {
+pub(crate) fn effective_ids() -> anyhow::Result<(u32, u32)> {
     let meta =
         fs::metadata("/proc/self").context("cannot read /proc/self (the rehearsal needs Linux /proc)")?;
     Ok((meta.uid(), meta.gid()))
@@ -237,10 +237,9 @@ fn hook_runner(hook: &Path) -> anyhow::Result<HookRunner> {
     if &header[..4] != b"\x7fELF" {
         bail!("{} is not an ELF binary", layout::HOOK);
     }
-    let arch = match u16::from_le_bytes([header[18], header[19]]) {
-        62 => "x86_64",
-        183 => "aarch64",
-        other => bail!("{} is built for ELF machine {other}, neither x86_64 nor aarch64", layout::HOOK),
+    let machine = u16::from_le_bytes([header[18], header[19]]);
+    let Some(arch) = Arch::ALL.into_iter().find(|a| a.elf_machine() == machine).map(Arch::name) else {
+        bail!("{} is built for ELF machine {machine}, neither x86_64 nor aarch64", layout::HOOK)
     };
     let host = std::env::consts::ARCH;
     if arch == host {
