@@ -266,15 +266,22 @@ impl Bundle {
 
         let appspec =
             AppSpec::single_binary(layout::HOOK, |event| release.timeouts.of(event).secs()).render()?;
-        let rendered: [(String, u32, Vec<u8>); 7] = [
+        let mut rendered: Vec<(String, u32, Vec<u8>)> = vec![
             (layout::APPSPEC.into(), 0o644, appspec.into_bytes()),
             (layout::HOOK.into(), 0o755, hook_bytes),
             (layout::RELEASE_YAML.into(), 0o644, release.to_yaml().into_bytes()),
             (layout::unit(release.unit.as_str()), 0o644, render::unit(&config, &release).into_bytes()),
-            (layout::HYPERCORN_TOML.into(), 0o644, render::hypercorn_toml(&config.hypercorn).into_bytes()),
+            (
+                layout::HYPERCORN_TOML.into(),
+                0o644,
+                render::hypercorn_toml(&render::served_hypercorn(&config)).into_bytes(),
+            ),
             (layout::SAMPLE_ENV.into(), 0o644, sample_env),
             (layout::REQUIREMENTS.into(), 0o644, requirements),
         ];
+        if let (Some(name), Some(socket)) = (release.socket_unit(), render::socket_unit(&config, &release)) {
+            rendered.push((layout::unit(&name), 0o644, socket.into_bytes()));
+        }
         for (path, mode, data) in rendered {
             entries.push(Entry { path, content: Content::File { mode, source: Source::Bytes(data) } });
         }

@@ -11,6 +11,8 @@ use sha2::{Digest, Sha256};
 
 use appspec::{LifecycleEvent, MAX_HOOK_TIMEOUT};
 
+pub mod hardening;
+
 /// The file name a team writes in its app directory.
 pub const DEPLOY_YAML: &str = "deploy.yaml";
 
@@ -416,6 +418,13 @@ pub struct ServiceConfig {
     /// Stop the service in ApplicationStop (default: keep serving until ApplicationStart).
     #[serde(default)]
     pub stop_on_application_stop: bool,
+    /// Listen through `<unit>.socket` (or the process manager's socket holder), so a restart
+    /// queues connections instead of refusing them.
+    #[serde(default = "default_true")]
+    pub socket_activation: bool,
+    /// Sandboxing directives that replace or add to the unit's defaults.
+    #[serde(default)]
+    pub hardening: hardening::Hardening,
 }
 
 impl Default for ServiceConfig {
@@ -428,6 +437,8 @@ impl Default for ServiceConfig {
             restart_sec: default_restart_sec(),
             environment: BTreeMap::new(),
             stop_on_application_stop: false,
+            socket_activation: true,
+            hardening: hardening::Hardening::default(),
         }
     }
 }
@@ -622,6 +633,9 @@ fn default_python() -> AbsPath {
 fn default_asgi_app() -> AsgiApp {
     AsgiApp("app:app".into())
 }
+fn default_true() -> bool {
+    true
+}
 fn default_restart_sec() -> u32 {
     2
 }
@@ -689,6 +703,9 @@ pub struct Release {
     pub shared_files: Vec<RelPath>,
     pub shared_dirs: Vec<RelPath>,
     pub stop_on_application_stop: bool,
+    /// The unit listens through `<unit stem>.socket`; absent in releases made before it existed.
+    #[serde(default)]
+    pub socket_activation: bool,
     pub health: Health,
     pub post_install: Vec<PostInstall>,
     pub timeouts: Timeouts,
@@ -755,6 +772,11 @@ impl DeployConfig {
                 return Err(invalid(format!(
                     "{key}: {path} is listed twice in shared_files and shared_dirs"
                 )));
+            }
+        }
+        if config.service.socket_activation {
+            for bind in &config.hypercorn.bind {
+                listen_stream(bind.as_str()).map_err(|why| invalid(format!("hypercorn.bind: {why}")))?;
             }
         }
         if config.health.url.is_none() && config.default_health_url().is_none() {
@@ -824,6 +846,7 @@ impl DeployConfig {
             shared_files: self.shared_files.clone(),
             shared_dirs: self.shared_dirs.clone(),
             stop_on_application_stop: self.service.stop_on_application_stop,
+            socket_activation: self.service.socket_activation,
             health: Health {
                 url: health.url.clone().or_else(|| self.default_health_url()).expect("checked in parse"),
                 try_timeout: health.try_timeout.unwrap_or(2),
@@ -836,7 +859,40 @@ impl DeployConfig {
     }
 }
 
+/// The `ListenStream=` value of one hypercorn bind, for socket activation: an IP address and
+/// port (hypercorn's default port 8000 when none is given) or a unix socket path.
+pub fn listen_stream(bind: &str) -> Result<String, String> {
+    if let Some(path) = bind.strip_prefix("unix:") {
+        absolute_path(path).map_err(|why| format!("{bind}: {why}"))?;
+        return Ok(path.to_owned());
+    }
+    if bind.starts_with("fd://") {
+        return Err(format!(
+            "{bind}: with service.socket_activation the binds are handed over as fd://; list addresses instead"
+        ));
+    }
+    let (host, port) = match bind.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && !port.contains(']') => (host, port),
+        _ => (bind, "8000"),
+    };
+    let port: u16 = port.parse().map_err(|_| format!("{bind}: {port:?} is not a port"))?;
+    let ip = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let ip: std::net::IpAddr = ip.parse().map_err(|_| {
+        format!(
+            "{bind}: socket activation needs an IP address, not a host name (systemd's ListenStream= does not resolve names); write 127.0.0.1:{port}, or set service.socket_activation: false"
+        )
+    })?;
+    Ok(std::net::SocketAddr::new(ip, port).to_string())
+}
+
 impl Release {
+    /// The socket unit next to the service unit, `<stem>.socket`, when the release uses socket
+    /// activation.
+    pub fn socket_unit(&self) -> Option<String> {
+        let stem = self.unit.as_str().strip_suffix(".service").expect("checked while parsing");
+        self.socket_activation.then(|| format!("{stem}.socket"))
+    }
+
     /// Parses release.yaml, naming `path` in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Release, ConfigError> {
         let release: Release = serde_json::from_str(text).map_err(|err| ConfigError::Invalid {

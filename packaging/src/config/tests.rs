@@ -113,4 +113,34 @@ fn errors_name_file_key_line_and_column() {
             "app/deploy.yaml: health.url: no TCP address in hypercorn.bind to derive it from; set health.url"
         ],
     );
+    check_err(
+        "app: api\nhypercorn:\n  bind: [\"localhost:8000\"]\n",
+        expect![
+            "app/deploy.yaml: hypercorn.bind: localhost:8000: socket activation needs an IP address, not a host name (systemd's ListenStream= does not resolve names); write 127.0.0.1:8000, or set service.socket_activation: false"
+        ],
+    );
+    check_err(
+        "app: api\nhypercorn:\n  bind: [\"fd://3\"]\n",
+        expect![
+            "app/deploy.yaml: hypercorn.bind: fd://3: with service.socket_activation the binds are handed over as fd://; list addresses instead"
+        ],
+    );
+    check_err(
+        "app: api\nservice:\n  hardening:\n    ExecStartPre: /bin/sh\n",
+        expect![[
+            r#"app/deploy.yaml: service.hardening: "ExecStartPre" is not a sandboxing directive deploy.yaml can set; known: AmbientCapabilities, CapabilityBoundingSet, DevicePolicy, InaccessiblePaths, IPAddressAllow, IPAddressDeny, LockPersonality, MemoryDenyWriteExecute, NoNewPrivileges, PrivateDevices, PrivateIPC, PrivateMounts, PrivateNetwork, PrivateTmp, PrivateUsers, ProcSubset, ProtectClock, ProtectControlGroups, ProtectHome, ProtectHostname, ProtectKernelLogs, ProtectKernelModules, ProtectKernelTunables, ProtectProc, ProtectSystem, ReadOnlyPaths, ReadWritePaths, RemoveIPC, RestrictAddressFamilies, RestrictNamespaces, RestrictRealtime, RestrictSUIDSGID, SystemCallArchitectures, SystemCallErrorNumber, SystemCallFilter, UMask at line 4 column 5"#
+        ]],
+    );
+    check_err(
+        "app: api\nservice:\n  hardening:\n    ReadWritePaths: \"/srv/%n\"\n",
+        expect![[
+            r#"app/deploy.yaml: service.hardening: ReadWritePaths: "/srv/%n" is not a valid value: expected absolute paths separated by spaces, each optionally prefixed with - or + at line 4 column 5"#
+        ]],
+    );
+    check_err(
+        "app: api\nservice:\n  hardening:\n    MemoryDenyWriteExecute: perhaps\n",
+        expect![[
+            r#"app/deploy.yaml: service.hardening: MemoryDenyWriteExecute: "perhaps" is not a valid value: expected yes or no at line 4 column 5"#
+        ]],
+    );
 }

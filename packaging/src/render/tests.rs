@@ -35,6 +35,9 @@ fn unit_file() {
         Description=shop (hypercorn ASGI service)
         Wants=network-online.target
         After=network-online.target
+        # The socket holds the listening ports across restarts: connections wait, none is refused.
+        Requires=shop.socket
+        After=shop.socket
 
         [Service]
         Type=exec
@@ -50,23 +53,139 @@ fn unit_file() {
         Restart=on-failure
         RestartSec=2
         TimeoutStopSec=15
+        # SIGTERM to hypercorn's main process only: it tells its workers to finish in-flight requests
+        # within graceful_timeout; whatever is left gets SIGKILL after TimeoutStopSec.
         KillMode=mixed
         UMask=0027
-        NoNewPrivileges=yes
-        PrivateTmp=yes
         ProtectSystem=strict
         ProtectHome=read-only
         ReadWritePaths=-/home/shop/app/shared
+        # Sandboxing: defaults for a Python ASGI service, then deploy.yaml's service.hardening.
+        NoNewPrivileges=yes
+        CapabilityBoundingSet=
+        AmbientCapabilities=
+        PrivateTmp=yes
+        PrivateDevices=yes
+        DevicePolicy=closed
+        PrivateMounts=yes
         ProtectKernelTunables=yes
         ProtectKernelModules=yes
+        ProtectKernelLogs=yes
         ProtectControlGroups=yes
+        ProtectClock=yes
+        ProtectHostname=yes
+        ProtectProc=invisible
+        ProcSubset=pid
+        RestrictNamespaces=yes
+        RestrictRealtime=yes
         RestrictSUIDSGID=yes
+        RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
         LockPersonality=yes
+        RemoveIPC=yes
+        SystemCallArchitectures=native
+        SystemCallFilter=@system-service
+        SystemCallFilter=~@privileged @resources
+        SystemCallErrorNumber=EPERM
 
         [Install]
         WantedBy=multi-user.target
     "##]]
     .assert_eq(&unit(&config, &release));
+}
+
+#[test]
+fn socket_file() {
+    let (config, release) = example();
+    expect![[r#"
+        # Rendered by `cargo xtask bundle` from deploy.yaml; installed by deploy-hook.
+        [Unit]
+        Description=shop (hypercorn ASGI service) (listening sockets)
+
+        [Socket]
+        ListenStream=0.0.0.0:9000
+        ListenStream=/run/shop.sock
+        Accept=no
+        Service=shop.service
+        # hypercorn sets TCP_NODELAY only on sockets it creates itself.
+        NoDelay=yes
+        SocketUser=shop
+        SocketGroup=shop
+        SocketMode=0660
+        DirectoryMode=0755
+        RemoveOnStop=yes
+
+        [Install]
+        WantedBy=sockets.target
+    "#]]
+    .assert_eq(&socket_unit(&config, &release).unwrap());
+    expect![[r#"
+        # Rendered by `cargo xtask bundle` from deploy.yaml.
+        bind = ["fd://3", "fd://4"]
+        workers = 3
+        graceful_timeout = 10.0
+        keep_alive_timeout = 7.5
+        accesslog = "-"
+        errorlog = "-"
+        loglevel = "INFO"
+    "#]]
+    .assert_eq(&hypercorn_toml(&served_hypercorn(&config)));
+}
+
+#[test]
+fn hardening_overrides_replace_add_and_reach_the_socket() {
+    let text = "app: api\nservice:\n  hardening:\n    MemoryDenyWriteExecute: true\n    SystemCallFilter: [\"@system-service\", \"@resources\"]\n    ReadWritePaths: /var/lib/api\n    PrivateDevices: no\n    IPAddressDeny: any\n    IPAddressAllow: localhost\nhypercorn:\n  bind: [\"[::1]:8080\"]\n";
+    let config = DeployConfig::parse(Path::new("deploy.yaml"), text).unwrap();
+    let release = config.resolve(b"", "x86_64");
+    let lines: Vec<String> =
+        sandbox(&config, &release).into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    expect![[r#"
+        NoNewPrivileges=yes
+        CapabilityBoundingSet=
+        AmbientCapabilities=
+        PrivateTmp=yes
+        PrivateDevices=no
+        DevicePolicy=closed
+        PrivateMounts=yes
+        ProtectKernelTunables=yes
+        ProtectKernelModules=yes
+        ProtectKernelLogs=yes
+        ProtectControlGroups=yes
+        ProtectClock=yes
+        ProtectHostname=yes
+        ProtectProc=invisible
+        ProcSubset=pid
+        RestrictNamespaces=yes
+        RestrictRealtime=yes
+        RestrictSUIDSGID=yes
+        RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+        LockPersonality=yes
+        RemoveIPC=yes
+        SystemCallArchitectures=native
+        SystemCallFilter=@system-service @resources
+        SystemCallErrorNumber=EPERM
+        MemoryDenyWriteExecute=yes
+        ReadWritePaths=/var/lib/api
+        IPAddressDeny=any
+        IPAddressAllow=localhost"#]]
+    .assert_eq(&lines.join("\n"));
+    let socket = socket_unit(&config, &release).unwrap();
+    assert!(socket.contains("ListenStream=[::1]:8080\n"), "{socket}");
+    assert!(socket.contains("IPAddressAllow=localhost\nIPAddressDeny=any\n"), "{socket}");
+}
+
+#[test]
+fn without_socket_activation_hypercorn_binds_itself() {
+    let text = "app: api\nservice:\n  socket_activation: false\nhypercorn:\n  bind: [\"0.0.0.0:80\", \"unix:/run/api/api.sock\"]\n";
+    let config = DeployConfig::parse(Path::new("deploy.yaml"), text).unwrap();
+    let release = config.resolve(b"", "x86_64");
+    assert_eq!(socket_unit(&config, &release), None);
+    let unit = unit(&config, &release);
+    assert!(!unit.contains(".socket"), "{unit}");
+    assert!(unit.contains("CapabilityBoundingSet=CAP_NET_BIND_SERVICE\n"), "{unit}");
+    assert!(unit.contains("AmbientCapabilities=CAP_NET_BIND_SERVICE\n"), "{unit}");
+    assert!(unit.contains("ReadWritePaths=-/run/api\n"), "{unit}");
+    let toml = hypercorn_toml(&served_hypercorn(&config));
+    assert!(toml.contains(r#"bind = ["0.0.0.0:80", "unix:/run/api/api.sock"]"#), "{toml}");
 }
 
 #[test]
@@ -105,6 +224,7 @@ fn release_file_round_trips() {
           "shared_files": [],
           "shared_dirs": [],
           "stop_on_application_stop": false,
+          "socket_activation": true,
           "health": {
             "url": "http://127.0.0.1:9000/healthz",
             "try_timeout": 2,
