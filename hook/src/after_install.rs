@@ -297,10 +297,14 @@ pub fn install_unit(store: &Store, service: &Service, release_dir: &Path, log: &
         .with_context(|| format!("cannot read the unit {unit} of the release"))?;
     let dest = service.unit_file.clone();
     let dest_dir = dest.parent().context("a unit file has a directory")?;
-    if fs::read(&dest).ok().as_deref() == Some(wanted.as_slice()) {
-        return Ok(false);
-    }
     fs::create_dir_all(dest_dir).with_context(|| format!("cannot create {}", dest_dir.display()))?;
+    let socket_changed = service.install_socket(release_dir, log)?;
+    if fs::read(&dest).ok().as_deref() == Some(wanted.as_slice()) {
+        if socket_changed {
+            service.daemon_reload(log)?;
+        }
+        return Ok(socket_changed);
+    }
     write_atomic(&dest, &wanted, 0o644)?;
     if store.owner.is_some() {
         std::os::unix::fs::lchown(&dest, Some(0), Some(0))?;

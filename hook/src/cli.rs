@@ -71,6 +71,17 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         keep: Option<u32>,
     },
+    /// The process manager's socket holder (started by the hook itself): binds SOCKET_FILE's
+    /// addresses and hands them to each new service process.
+    #[command(hide = true)]
+    ListenHolder {
+        /// The socket unit to bind.
+        socket_file: PathBuf,
+        /// The control socket to serve the descriptors on.
+        control: PathBuf,
+        /// Where to write `pid start fingerprint`.
+        pidfile: PathBuf,
+    },
 }
 
 /// Parses `args`, runs, and returns the process's exit code.
@@ -102,6 +113,12 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                 "prune",
                 Revision::of_this_binary().and_then(|rev| lifecycle::prune_cmd(&ctx, &rev, keep, &mut log)),
             );
+        }
+        Some(Command::ListenHolder { socket_file, control, pidfile }) => {
+            return match crate::listen::holder_main(&cli.root, &socket_file, &control, &pidfile) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(_) => ExitCode::FAILURE,
+            };
         }
         None => match std::env::var("LIFECYCLE_EVENT") {
             Ok(name) => match LifecycleEvent::from_name(&name) {

@@ -71,10 +71,15 @@ impl Ctx {
     /// The service of `release`, as this context's manager drives it.
     pub fn service<'a>(&self, release: &'a Release, store: &Store) -> Service<'a> {
         let unit = release.unit.as_str();
+        let socket_name = format!("{}.socket", unit.strip_suffix(".service").unwrap_or(unit));
         Service {
             manager: self.manager,
             unit,
             unit_file: self.host("/etc/systemd/system").join(unit),
+            socket_activation: release.socket_activation,
+            socket_file: self.host("/etc/systemd/system").join(&socket_name),
+            socket_changed: self.host("/run/deploy-hook").join(format!("{socket_name}.changed")),
+            socket: socket_name,
             supervisor: Supervisor { root: self.root.clone(), app_root: store.app_root.clone() },
         }
     }

@@ -10,6 +10,7 @@ mod context;
 mod health;
 mod journal;
 mod lifecycle;
+mod listen;
 mod process;
 mod prune;
 mod service;

@@ -3,9 +3,10 @@
 //! keep them open), with a pidfile and a log file under the app root.
 
 use std::{
+    ffi::OsString,
     fs,
     io::{BufRead, BufReader},
-    os::unix::process::CommandExt,
+    os::{fd::OwnedFd, unix::process::CommandExt},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -121,7 +122,7 @@ impl UnitSpec {
 }
 
 /// `/proc/<pid>/stat`'s start time and state, or None when the process is gone.
-fn proc_stat(pid: i32) -> Option<(String, char)> {
+pub(crate) fn proc_stat(pid: i32) -> Option<(String, char)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();
@@ -162,24 +163,28 @@ impl Supervisor {
 
     /// Starts the unit's ExecStart; fails when it is already running.
     pub fn start(&self, unit_file: &Path, log: &Log) -> anyhow::Result<()> {
+        self.start_with(unit_file, &[], log)
+    }
+
+    /// Starts the unit's ExecStart with `listen` as fd 3 onward (socket activation).
+    pub fn start_with(&self, unit_file: &Path, listen: &[OwnedFd], log: &Log) -> anyhow::Result<()> {
         let text =
             fs::read_to_string(unit_file).with_context(|| format!("cannot read {}", unit_file.display()))?;
         let spec = UnitSpec::parse(&text);
         let Some(program) = spec.exec.first() else { bail!("{}: no ExecStart", unit_file.display()) };
-        let mut cmd =
-            Command::new(if program.starts_with('/') { self.host(program) } else { PathBuf::from(program) });
-        cmd.args(&spec.exec[1..])
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("LANG", "C.UTF-8");
+        let program_path = if program.starts_with('/') { self.host(program) } else { PathBuf::from(program) };
+        let mut cmd = Command::new(&program_path);
+        let mut env: Vec<(OsString, OsString)> =
+            vec![("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()), ("LANG".into(), "C.UTF-8".into())];
         for (file, optional) in &spec.environment_files {
             let path = self.host(file);
             if !optional && !path.exists() {
                 bail!("EnvironmentFile {} does not exist", path.display());
             }
-            cmd.envs(read_env_file(&path));
+            env.extend(read_env_file(&path).into_iter().map(|(k, v)| (k.into(), v.into())));
         }
-        cmd.envs(spec.environment.iter().map(|(k, v)| (k, v)));
+        env.extend(spec.environment.iter().map(|(k, v)| (k.into(), v.into())));
+        cmd.args(&spec.exec[1..]).env_clear().envs(env.iter().map(|(k, v)| (k, v)));
         if let Some(dir) = &spec.working_directory {
             // Like systemd: entered once, at start, so the process sees the physical path.
             let dir = fs::canonicalize(self.host(dir))
@@ -203,6 +208,9 @@ impl Supervisor {
                 }
                 Ok(())
             });
+        }
+        if !listen.is_empty() {
+            crate::listen::pass_fds(&mut cmd, &program_path, &spec.exec[1..], &env, listen)?;
         }
         let child = cmd.spawn().with_context(|| format!("cannot start {program}"))?;
         let pid = child.id() as i32;
@@ -238,10 +246,26 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Stops, then starts.
+    /// Stops, then starts. With a socket file next to the unit, the holder of its sockets keeps
+    /// them open across the restart (started or re-bound first when needed).
     pub fn restart(&self, unit_file: &Path, log: &Log) -> anyhow::Result<()> {
-        self.stop(unit_file, log)?;
-        self.start(unit_file, log)
+        let socket_file = unit_file.with_extension("socket");
+        let holder = crate::listen::Holder::new(&self.app_root, &self.root);
+        if !socket_file.is_file() {
+            self.stop(unit_file, log)?;
+            holder.stop(&socket_file, log);
+            return self.start(unit_file, log);
+        }
+        if !holder.is_current(&socket_file) {
+            // The ports change hands: the service lets go of them first.
+            self.stop(unit_file, log)?;
+            holder.stop(&socket_file, log);
+            holder.start(&socket_file, log)?;
+        } else {
+            self.stop(unit_file, log)?;
+        }
+        let fds = holder.fds()?;
+        self.start_with(unit_file, &fds, log)
     }
 
     /// The last lines of the service's log.

@@ -1,7 +1,7 @@
 //! The service manager: systemd on an instance; `process` to run the unit's ExecStart as a plain
 //! supervised process where no systemd runs (rehearsals, containers); or none (log only).
 
-use std::{path::PathBuf, process::Command};
+use std::{fs, path::PathBuf, process::Command};
 
 use anyhow::Context;
 
@@ -29,6 +29,15 @@ pub struct Service<'a> {
     pub unit_file: PathBuf,
     /// For the process manager.
     pub supervisor: Supervisor,
+    /// The release listens through the socket unit.
+    pub socket_activation: bool,
+    /// `<stem>.socket`, the socket unit's name whether or not the release uses it.
+    pub socket: String,
+    /// The installed socket unit file (under the sandbox root).
+    pub socket_file: PathBuf,
+    /// A marker (under /run, root's) that the installed socket unit changed while its socket
+    /// was listening: the next restart re-binds it.
+    pub socket_changed: PathBuf,
 }
 
 fn systemctl(args: &[&str]) -> anyhow::Result<std::process::Output> {
@@ -73,11 +82,15 @@ impl Service<'_> {
     pub fn enable(&self, log: &Log) -> anyhow::Result<bool> {
         match self.manager {
             Manager::Systemd => {
-                let enabled = systemctl(&["is-enabled", "--quiet", self.unit])?.status.success();
-                if !enabled {
-                    systemctl_ok(&["enable", "--quiet", self.unit])?;
+                let mut did = false;
+                let socket = self.socket_activation.then_some(self.socket.as_str());
+                for unit in socket.into_iter().chain([self.unit]) {
+                    if !systemctl(&["is-enabled", "--quiet", unit])?.status.success() {
+                        systemctl_ok(&["enable", "--quiet", unit])?;
+                        did = true;
+                    }
                 }
-                Ok(!enabled)
+                Ok(did)
             }
             Manager::Process => Ok(false),
             Manager::None => {
@@ -90,13 +103,115 @@ impl Service<'_> {
     /// Restarts (or starts) the unit.
     pub fn restart(&self, log: &Log) -> anyhow::Result<()> {
         match self.manager {
-            Manager::Systemd => systemctl_ok(&["restart", self.unit]),
-            Manager::Process => self.supervisor.restart(&self.unit_file, log),
+            Manager::Systemd if self.socket_activation => self.restart_behind_socket(log),
+            Manager::Systemd => {
+                self.retire_socket(log)?;
+                systemctl_ok(&["restart", self.unit])
+            }
+            Manager::Process => {
+                if !self.socket_activation && self.socket_file.exists() {
+                    log.info(format!(
+                        "this release does not use socket activation: removing {}",
+                        self.socket_file.display()
+                    ));
+                    self.supervisor.stop(&self.unit_file, log)?;
+                    fs::remove_file(&self.socket_file)?;
+                }
+                self.supervisor.restart(&self.unit_file, log)
+            }
             Manager::None => {
                 log.info(format!("service manager none: would run systemctl restart {}", self.unit));
                 Ok(())
             }
         }
+    }
+
+    /// Installs `<stem>.socket` from the release when the release uses socket activation and its
+    /// bytes differ; marks it for re-binding at the next restart when its socket listens now.
+    pub fn install_socket(&self, release_dir: &std::path::Path, log: &Log) -> anyhow::Result<bool> {
+        if !self.socket_activation {
+            return Ok(false);
+        }
+        let source = release_dir.join(packaging::layout::unit(&self.socket));
+        let wanted = fs::read(&source).with_context(|| format!("cannot read {}", source.display()))?;
+        if fs::read(&self.socket_file).ok().as_deref() == Some(wanted.as_slice()) {
+            return Ok(false);
+        }
+        let existed = self.socket_file.exists();
+        crate::store::write_atomic(&self.socket_file, &wanted, 0o644)?;
+        log.info(format!("installed {}", self.socket_file.display()));
+        if existed && self.is_active(&self.socket) {
+            let dir = self.socket_changed.parent().context("a marker has a directory")?;
+            fs::create_dir_all(dir)?;
+            fs::write(&self.socket_changed, b"")?;
+            log.info(format!(
+                "{} listens on its old addresses until ApplicationStart re-binds it",
+                self.socket
+            ));
+        }
+        Ok(true)
+    }
+
+    fn is_active(&self, unit: &str) -> bool {
+        match self.manager {
+            Manager::Systemd => systemctl(&["is-active", "--quiet", unit]).is_ok_and(|o| o.status.success()),
+            _ => false,
+        }
+    }
+
+    /// systemd, socket activation: restart only the service while the socket keeps listening.
+    /// When the socket is not listening yet (first deployment, or a host switching over from a
+    /// unit that bound the ports itself) or its unit changed, the service lets go of the ports,
+    /// the socket binds them, then the service starts: connections are refused in between.
+    fn restart_behind_socket(&self, log: &Log) -> anyhow::Result<()> {
+        let socket = self.socket.as_str();
+        let changed = self.socket_changed.exists();
+        if self.is_active(socket) && !changed {
+            log.info(format!("{socket} keeps listening: connections wait while {} restarts", self.unit));
+            return systemctl_ok(&["restart", self.unit]);
+        }
+        let started = std::time::Instant::now();
+        let was_running = self.is_active(self.unit);
+        if was_running {
+            systemctl_ok(&["stop", self.unit])?;
+        }
+        systemctl_ok(&[if changed { "restart" } else { "start" }, socket])?;
+        let gap = started.elapsed();
+        let _ = fs::remove_file(&self.socket_changed);
+        systemctl_ok(&["restart", self.unit])?;
+        match (was_running, changed) {
+            (true, false) => log.info(format!(
+                "switched {} to socket activation: stopped it so {socket} could bind its ports, which refused connections for {} ms; from now on only the service restarts",
+                self.unit,
+                gap.as_millis()
+            )),
+            (true, true) => log.info(format!(
+                "{socket} changed: stopped {}, re-bound the socket ({} ms without a listener), started the service",
+                self.unit,
+                gap.as_millis()
+            )),
+            _ => log.info(format!("started {socket}, then {}", self.unit)),
+        }
+        Ok(())
+    }
+
+    /// systemd, no socket activation: a socket unit left by an earlier release would hold the
+    /// ports this release binds itself, so it is stopped, disabled and removed first.
+    fn retire_socket(&self, log: &Log) -> anyhow::Result<()> {
+        if !self.socket_file.exists() {
+            return Ok(());
+        }
+        systemctl_ok(&["stop", self.unit, &self.socket])?;
+        let _ = systemctl(&["disable", "--quiet", &self.socket]);
+        fs::remove_file(&self.socket_file)
+            .with_context(|| format!("cannot remove {}", self.socket_file.display()))?;
+        let _ = fs::remove_file(&self.socket_changed);
+        systemctl_ok(&["daemon-reload"])?;
+        log.info(format!(
+            "this release binds its ports itself: stopped, disabled and removed {}",
+            self.socket
+        ));
+        Ok(())
     }
 
     /// Stops the unit; a unit that is not running is fine.
