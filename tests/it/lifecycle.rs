@@ -13,15 +13,17 @@ fn last_line(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).lines().last().unwrap_or_default().to_owned()
 }
 
-/// Kills the sandbox's supervised service when the test ends, pass or fail.
+/// Kills the sandbox's supervised service and its socket holder when the test ends, pass or fail.
 struct StopService<'a>(&'a Sandbox);
 
 impl Drop for StopService<'_> {
     fn drop(&mut self) {
-        if let Ok(text) = fs::read_to_string(self.0.app_root().join("service.pid"))
-            && let Some(pid) = text.split(' ').next()
-        {
-            let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
+        for pidfile in ["service.pid", "listen.pid"] {
+            if let Ok(text) = fs::read_to_string(self.0.app_root().join(pidfile))
+                && let Some(pid) = text.split(' ').next()
+            {
+                let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
+            }
         }
     }
 }

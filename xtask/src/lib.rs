@@ -4,6 +4,7 @@ mod bench;
 mod bundle;
 mod elf;
 mod flags;
+pub mod load;
 mod rehearse;
 pub mod verify;
 

@@ -528,7 +528,14 @@ impl Sandbox {
 fn clean(path: &Path, app_root: Option<&Path>) -> Cleanup {
     let started = Instant::now();
     let service = match app_root {
-        Some(app_root) => stop_service(&app_root.join("service.pid")),
+        Some(app_root) => {
+            let service = stop_service(&app_root.join("service.pid"));
+            // The process manager's socket holder (socket activation) is a group of its own.
+            match app_root.join("listen.pid").exists() {
+                true => format!("{service}; socket holder: {}", stop_service(&app_root.join("listen.pid"))),
+                false => service,
+            }
+        }
         None => "no service was installed".into(),
     };
     let mut cleanup = Cleanup { service, ..Cleanup::default() };
