@@ -5,6 +5,7 @@ mod bundle;
 mod container;
 mod lifecycle;
 mod rehearse;
+mod socket;
 mod systemd;
 mod tidy;
 mod verify;

@@ -22,24 +22,24 @@ use tests::{
 const GROUP_ID: &str = "5e1f0c3a-fleet";
 const APP_ROOT: &str = "/home/snake/app";
 
-fn last_line(output: &Output) -> String {
+pub(crate) fn last_line(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).lines().last().unwrap_or_default().to_owned()
 }
 
 /// The revision id in a bundle's file name (`<app>-<revision>-<arch>.tgz`).
-fn revision_of(bundle: &Path) -> String {
+pub(crate) fn revision_of(bundle: &Path) -> String {
     let name = bundle.file_name().unwrap().to_str().unwrap();
     let start = name.find("-r-").unwrap() + 1;
     name[start..start + 18].to_owned()
 }
 
-fn archive_of(deployment_id: &str) -> String {
+pub(crate) fn archive_of(deployment_id: &str) -> String {
     format!("/opt/codedeploy-agent/deployment-root/{GROUP_ID}/{deployment_id}/deployment-archive")
 }
 
 /// Runs one hook as the agent does; PIP_* point pip at the wheelhouse (the container has no
 /// network), as an operator would configure an offline index.
-fn run_hook(ct: &Container, archive: &str, event: &str, deployment_id: &str) -> Result<Output> {
+pub(crate) fn run_hook(ct: &Container, archive: &str, event: &str, deployment_id: &str) -> Result<Output> {
     let env = [
         ("LIFECYCLE_EVENT", event),
         ("DEPLOYMENT_ID", deployment_id),
@@ -55,7 +55,7 @@ fn run_hook(ct: &Container, archive: &str, event: &str, deployment_id: &str) -> 
 
 /// A deployment as the agent runs it: extract, then the events in order, ApplicationStop from
 /// the previous revision's archive. Returns every hook's output; stops at the first failure.
-fn deploy(
+pub(crate) fn deploy(
     ct: &Container,
     bundle: &str,
     deployment_id: &str,
@@ -90,7 +90,7 @@ fn deploy(
     Ok(outs)
 }
 
-fn assert_all_ok(outs: &[(String, Output)]) {
+pub(crate) fn assert_all_ok(outs: &[(String, Output)]) {
     for (event, out) in outs {
         assert!(out.status.success(), "{event} failed\n{}", describe(out));
     }

@@ -3,6 +3,7 @@
 mod bench;
 mod bundle;
 mod elf;
+pub mod exposure;
 mod flags;
 pub mod load;
 mod rehearse;

@@ -48,6 +48,8 @@ pub struct Report {
     pub ours: bool,
     /// Number of files in the revision.
     pub files: usize,
+    /// The unit's `systemd-analyze security --offline=true` exposure, when the tool exists.
+    pub exposure: Option<f64>,
 }
 
 impl Report {
@@ -67,6 +69,11 @@ impl Report {
         for finding in &self.findings {
             out.push_str(&finding.to_string());
             out.push('\n');
+        }
+        if let Some(exposure) = self.exposure {
+            out.push_str(&format!(
+                "unit exposure {exposure:.1} (systemd-analyze security --offline=true; 10 is the worst)\n"
+            ));
         }
         let verdict = if self.errors() == 0 { "ok" } else { "FAILED" };
         let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
@@ -265,14 +272,15 @@ pub fn verify(path: &Path, options: &Options) -> Result<Report, reader::ReadErro
         }
     }
 
+    let mut exposure = None;
     if ours {
         check_manifest(&revision, &mut findings);
         if let Some(release) = &release {
-            check_ours(&revision, release, options, &mut findings);
+            exposure = check_ours(&revision, release, options, &mut findings);
         }
     }
     let files = revision.items.values().filter(|i| !matches!(i.kind, Kind::Dir)).count();
-    Ok(Report { findings, stripped: revision.stripped.clone(), ours, files })
+    Ok(Report { findings, stripped: revision.stripped.clone(), ours, files, exposure })
 }
 
 fn at(
@@ -654,12 +662,28 @@ fn check_our_appspec(spec: &appspec::validate::Spec, release: &Release, findings
     }
 }
 
-fn check_ours(revision: &Revision, release: &Release, options: &Options, findings: &mut Vec<Finding>) {
+fn check_ours(
+    revision: &Revision,
+    release: &Release,
+    options: &Options,
+    findings: &mut Vec<Finding>,
+) -> Option<f64> {
     let unit_path = layout::unit(release.unit.as_str());
+    let mut exposure = None;
     if let Some(text) = text_of(revision, &unit_path, findings) {
         findings.extend(inspect::unit(&unit_path, text, release));
         if options.systemd_analyze {
             findings.extend(systemd_analyze(&unit_path, release.unit.as_str(), text));
+            exposure = crate::exposure::of_unit(release.unit.as_str(), text);
+            if let Some(e) = exposure.filter(|e| *e > 3.0) {
+                findings.push(Finding::file(
+                    &unit_path,
+                    "unit.exposure",
+                    Severity::Warning,
+                    format!("systemd-analyze security rates the unit's exposure {e:.1}, above 3.0"),
+                    "keep the rendered sandboxing; relax only what the app needs in service.hardening",
+                ));
+            }
         }
     }
     if let Some(text) = text_of(revision, layout::HYPERCORN_TOML, findings) {
@@ -668,6 +692,7 @@ fn check_ours(revision: &Revision, release: &Release, options: &Options, finding
     if let Some(text) = text_of(revision, layout::REQUIREMENTS, findings) {
         findings.extend(inspect::requirements(layout::REQUIREMENTS, text));
     }
+    exposure
 }
 
 /// `systemd-analyze verify` on a copy of the unit, when the tool exists. Every line it prints is
