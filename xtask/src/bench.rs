@@ -2,6 +2,8 @@
 //! pass/fail threshold: the numbers are for people to read.
 //!
 //! - bundle: `packaging` writing the revision, vs GNU `tar | gzip -6` of the same tree;
+//! - restarts: requests refused, reset or failed during N redeploys without and with socket
+//!   activation (`bench_socket.rs`);
 //! - redeploy: deploy-hook AfterInstall of a new revision (venv reused), staging by hard links
 //!   and by copies, vs the seed's AfterInstall script (sandboxed) on the same revision.
 //!
@@ -75,7 +77,8 @@ impl flags::Bench {
             println!("redeploy: skipped (needs root: the hook and the seed chown to the app user)");
             return Ok(());
         }
-        bench_redeploy(&sh, &app, &hook, work.path(), self.runs)
+        bench_redeploy(&sh, &app, &hook, work.path(), self.runs)?;
+        crate::bench_socket::bench(&sh, &hook, work.path(), self.redeploys)
     }
 }
 

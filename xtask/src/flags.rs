@@ -42,6 +42,9 @@ pub struct Bench {
     /// Timed runs of each variant (the median is printed).
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
+    /// Redeploys under load without, then with socket activation.
+    #[arg(long, default_value_t = 3)]
+    pub redeploys: usize,
     /// Where to work: put it on the kind of filesystem the instances use.
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,

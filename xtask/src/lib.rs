@@ -1,6 +1,7 @@
 //! The tasks behind `cargo xtask`: `bundle` builds a CodeDeploy revision.
 
 mod bench;
+mod bench_socket;
 mod bundle;
 mod elf;
 pub mod exposure;

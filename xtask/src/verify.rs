@@ -673,7 +673,12 @@ fn check_ours(
     if let Some(text) = text_of(revision, &unit_path, findings) {
         findings.extend(inspect::unit(&unit_path, text, release));
         if options.systemd_analyze {
-            findings.extend(systemd_analyze(&unit_path, release.unit.as_str(), text));
+            // The socket unit the service requires sits next to it, as on the instance.
+            let socket = release.socket_unit().and_then(|name| {
+                let text = text_of(revision, &layout::unit(&name), findings)?;
+                Some((name, text.to_owned()))
+            });
+            findings.extend(systemd_analyze(&unit_path, release.unit.as_str(), text, socket));
             exposure = crate::exposure::of_unit(release.unit.as_str(), text);
             if let Some(e) = exposure.filter(|e| *e > 3.0) {
                 findings.push(Finding::file(
@@ -698,14 +703,26 @@ fn check_ours(
 /// `systemd-analyze verify` on a copy of the unit, when the tool exists. Every line it prints is
 /// a finding, except that ExecStart's interpreter does not exist here (the hook builds the venv on
 /// the instance).
-fn systemd_analyze(file: &str, unit_name: &str, text: &str) -> Vec<Finding> {
+fn systemd_analyze(
+    file: &str,
+    unit_name: &str,
+    text: &str,
+    socket: Option<(String, String)>,
+) -> Vec<Finding> {
     let Some(tool) = find_in_path("systemd-analyze") else { return Vec::new() };
     let Ok(dir) = tempfile::tempdir() else { return Vec::new() };
     let unit = dir.path().join(unit_name);
     if std::fs::write(&unit, text).is_err() {
         return Vec::new();
     }
-    let output = match Command::new(tool).arg("verify").arg("--man=no").arg(&unit).output() {
+    let mut units = vec![unit];
+    if let Some((name, text)) = socket {
+        units.push(dir.path().join(name));
+        if std::fs::write(&units[1], text).is_err() {
+            return Vec::new();
+        }
+    }
+    let output = match Command::new(tool).arg("verify").arg("--man=no").args(&units).output() {
         Ok(output) => output,
         Err(_) => return Vec::new(),
     };
