@@ -157,7 +157,7 @@ fn the_bundle_from_xtask_bundle_verifies_clean() {
     assert_eq!(output.status.code(), Some(0), "{}", tests::describe(&output));
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 1, "only the summary line: {stdout}");
-    assert!(lines[0].ends_with(": ok: 0 errors, 0 warnings (9 files, ours)"), "{stdout}");
+    assert!(lines[0].ends_with(": ok: 0 errors, 0 warnings (10 files, ours, unit exposure 1.3)"), "{stdout}");
 
     // The same revision extracted by GNU tar, as the agent does, verifies clean too.
     let dir = tempfile::tempdir().unwrap();

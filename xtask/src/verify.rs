@@ -70,15 +70,10 @@ impl Report {
             out.push_str(&finding.to_string());
             out.push('\n');
         }
-        if let Some(exposure) = self.exposure {
-            out.push_str(&format!(
-                "unit exposure {exposure:.1} (systemd-analyze security --offline=true; 10 is the worst)\n"
-            ));
-        }
         let verdict = if self.errors() == 0 { "ok" } else { "FAILED" };
         let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
         out.push_str(&format!(
-            "verify {input}: {verdict}: {}, {} ({}{})\n",
+            "verify {input}: {verdict}: {}, {} ({}{}{})\n",
             plural(self.errors(), "error"),
             plural(self.warnings(), "warning"),
             plural(self.files, "file"),
@@ -88,6 +83,8 @@ impl Report {
                 (None, true) => ", ours".to_owned(),
                 (None, false) => String::new(),
             },
+            // systemd-analyze security --offline=true: 0 is the best, 10 the worst.
+            self.exposure.map(|e| format!(", unit exposure {e:.1}")).unwrap_or_default(),
         ));
         out
     }
