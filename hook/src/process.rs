@@ -220,15 +220,17 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Stops the service: SIGTERM to its process group, SIGKILL after the unit's
-    /// TimeoutStopSec (20 s when the unit has none or cannot be read), as systemd does.
+    /// Stops the service as systemd's `KillMode=mixed` does: SIGTERM to the main process only
+    /// (hypercorn then tells its workers to finish their requests; a worker that got SIGTERM
+    /// itself would die at once), SIGKILL to what is left of its process group once it exits or
+    /// after the unit's TimeoutStopSec (20 s when the unit has none or cannot be read).
     pub fn stop(&self, unit_file: &Path, log: &Log) -> anyhow::Result<()> {
         let Some(pid) = self.running() else {
             let _ = fs::remove_file(self.pidfile());
             return Ok(());
         };
-        // SAFETY: plain syscalls on the group the supervisor created.
-        unsafe { libc::kill(-pid, libc::SIGTERM) };
+        // SAFETY: plain syscalls on the process and group the supervisor created.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
         let grace = fs::read_to_string(unit_file).ok().and_then(|text| UnitSpec::parse(&text).stop_timeout);
         let grace = Duration::from_secs(grace.unwrap_or(20));
         let deadline = Instant::now() + grace;
@@ -236,8 +238,9 @@ impl Supervisor {
             unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
             std::thread::sleep(Duration::from_millis(50));
         }
-        if self.running().is_some() {
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        let stuck = self.running().is_some();
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        if stuck {
             log.info(format!("process {pid} did not stop in {}s; killed it", grace.as_secs()));
         }
         unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
