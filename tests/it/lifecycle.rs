@@ -225,3 +225,43 @@ fn a_missing_interpreter_fails_preflight() {
         describe(&out)
     );
 }
+
+/// The process manager's socket holder keeps the port open across restarts: a steady stream of
+/// requests through two ApplicationStarts loses none; the holder is one process, reused.
+#[test]
+fn the_process_manager_restarts_behind_a_held_socket() {
+    let port = free_port();
+    let (dir, app) = example_variant(port, &[]).unwrap();
+    let mut sandbox = Sandbox::new().unwrap();
+    sandbox.provide_uv().unwrap();
+    let _stop = StopService(&sandbox);
+    let bundle = build_bundle(&app, &dir.path().join("a"), &[]).unwrap();
+    let archive = sandbox.extract(&bundle, "d-LISTEN001").unwrap();
+    let events = ["BeforeInstall", "AfterInstall", "ApplicationStart", "ValidateService"];
+    for out in deploy(&sandbox, &archive, "d-LISTEN001", &events) {
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+    let holder = fs::read_to_string(sandbox.app_root().join("listen.pid")).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let limits = xtask::load::Limits {
+        max_requests: 20_000,
+        max_time: Duration::from_secs(300),
+        interval: Duration::from_millis(10),
+    };
+    let client = {
+        let stop = stop.clone();
+        std::thread::spawn(move || xtask::load::run(addr, "/", limits, &stop))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..2 {
+        let out = deploy(&sandbox, &archive, "d-LISTEN001", &["ApplicationStart"]).remove(0);
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let report = client.join().unwrap();
+    println!("2 restarts behind the held socket: {report}");
+    assert!(report.ok > 0 && report.failures() == 0, "{report}: {:?}", report.samples);
+    assert_eq!(fs::read_to_string(sandbox.app_root().join("listen.pid")).unwrap(), holder);
+}
