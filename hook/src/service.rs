@@ -115,6 +115,8 @@ impl Service<'_> {
                         self.socket_file.display()
                     ));
                     self.supervisor.stop(&self.unit_file, log)?;
+                    let holder = crate::listen::Holder::new(&self.supervisor.app_root, &self.supervisor.root);
+                    holder.stop(&self.socket_file, log);
                     fs::remove_file(&self.socket_file)?;
                 }
                 self.supervisor.restart(&self.unit_file, log)

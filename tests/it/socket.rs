@@ -212,6 +212,19 @@ fn socket_activation_drops_no_request_across_redeploys() -> Result<()> {
     let out = run_hook(&ct, &archive, "ValidateService", "d-SOCK00008")?;
     ensure!(out.status.success(), "ValidateService: {}", describe(&out));
     ensure!(last_line(&out).contains(&revisions[2]), "{}", describe(&out));
+
+    // Back to a release without socket activation: the socket unit goes first, the release binds
+    // the port itself.
+    let outs = redeploy(&ct, off_b, "d-SOCK00009", "d-SOCK00008")?;
+    let start = &outs.iter().find(|(e, _)| e == "ApplicationStart").context("ApplicationStart ran")?.1;
+    let text = String::from_utf8_lossy(&start.stdout);
+    ensure!(text.contains("stopped, disabled and removed python-app.socket"), "{}", describe(start));
+    ensure!(
+        ct.exec(&["systemctl", "cat", SOCKET])?.status.code() != Some(0),
+        "the socket unit is still there"
+    );
+    let (status, body) = ct.http_get(8000, "/healthz")?;
+    ensure!(status == 200 && body.contains(&revisions[1]), "{status} {body}");
     Ok(())
 }
 

@@ -6,7 +6,10 @@ use std::{
     fs,
     io::{Read, Write},
     net::TcpStream,
-    os::unix::{fs::PermissionsExt, process::CommandExt},
+    os::{
+        fd::{AsRawFd, FromRawFd},
+        unix::{fs::PermissionsExt, process::CommandExt},
+    },
     path::{Path, PathBuf},
     process::{Command, Output},
     time::{Duration, Instant},
@@ -142,7 +145,34 @@ impl Sandbox {
             exec.split(' ').map(|w| w.trim_matches('"').replace("%%", "%").replace("$$", "$")).collect();
         let program = self.root.join(words[0].trim_start_matches('/'));
         let log = fs::File::create(self.root.parent().unwrap().join("service.log"))?;
-        let child = Command::new(&program)
+        let mut cmd = Command::new(&program);
+        // With socket activation hypercorn binds fd://3...: pass the socket unit's addresses
+        // there, as systemd does.
+        let socket = current.join("configs").join(unit_name.replace(".service", ".socket"));
+        if let Ok(text) = fs::read_to_string(&socket) {
+            let mut listeners = Vec::new();
+            for addr in text.lines().filter_map(|l| l.strip_prefix("ListenStream=")) {
+                let listener =
+                    std::net::TcpListener::bind(addr).with_context(|| format!("cannot bind {addr}"))?;
+                // Above any number the child's fds 3.. take, so dup2 overwrites none of them.
+                // SAFETY: fcntl duplicates a descriptor we own; the copy is owned from here on.
+                let high = unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) };
+                anyhow::ensure!(high >= 0, "fcntl: {}", std::io::Error::last_os_error());
+                listeners.push(unsafe { std::os::fd::OwnedFd::from_raw_fd(high) });
+            }
+            // SAFETY: only dup2 between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for (i, fd) in listeners.iter().enumerate() {
+                        if libc::dup2(fd.as_raw_fd(), 3 + i as i32) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .args(&words[1..])
             .current_dir(fs::canonicalize(&current)?)
             .env_clear()
