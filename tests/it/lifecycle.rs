@@ -227,11 +227,12 @@ fn a_missing_interpreter_fails_preflight() {
 }
 
 /// The process manager's socket holder keeps the port open across restarts: a steady stream of
-/// requests through two ApplicationStarts loses none; the holder is one process, reused.
+/// requests through two ApplicationStarts loses none; the holder is one process, reused. Two
+/// hypercorn workers share the inherited socket.
 #[test]
 fn the_process_manager_restarts_behind_a_held_socket() {
     let port = free_port();
-    let (dir, app) = example_variant(port, &[]).unwrap();
+    let (dir, app) = example_variant(port, &[("workers: 1", "workers: 2")]).unwrap();
     let mut sandbox = Sandbox::new().unwrap();
     sandbox.provide_uv().unwrap();
     let _stop = StopService(&sandbox);
