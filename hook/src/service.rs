@@ -183,7 +183,7 @@ impl Service<'_> {
         systemctl_ok(&["restart", self.unit])?;
         match (was_running, changed) {
             (true, false) => log.info(format!(
-                "switched {} to socket activation: stopped it so {socket} could bind its ports, which refused connections for {} ms; from now on only the service restarts",
+                "switched {} to socket activation: stopped it so {socket} could bind its ports, which were closed for at most {} ms; from now on only the service restarts",
                 self.unit,
                 gap.as_millis()
             )),
