@@ -775,8 +775,18 @@ impl DeployConfig {
             }
         }
         if config.service.socket_activation {
-            for bind in &config.hypercorn.bind {
-                listen_stream(bind.as_str()).map_err(|why| invalid(format!("hypercorn.bind: {why}")))?;
+            for (i, bind) in config.hypercorn.bind.iter().enumerate() {
+                listen_stream(bind.as_str()).map_err(|why| {
+                    // The value's place in the text, for a message like serde_yaml's own.
+                    let after = text.find("hypercorn:").unwrap_or(0);
+                    let at = text[after..].find(bind.as_str()).map(|off| {
+                        let before = &text[..after + off];
+                        let line = before.matches('\n').count() + 1;
+                        let col = before.len() - before.rfind('\n').map_or(0, |n| n + 1) + 1;
+                        format!(" at line {line} column {col}")
+                    });
+                    invalid(format!("hypercorn.bind[{i}]: {why}{}", at.unwrap_or_default()))
+                })?;
             }
         }
         if config.health.url.is_none() && config.default_health_url().is_none() {

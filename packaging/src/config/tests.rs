@@ -116,13 +116,13 @@ fn errors_name_file_key_line_and_column() {
     check_err(
         "app: api\nhypercorn:\n  bind: [\"localhost:8000\"]\n",
         expect![
-            "app/deploy.yaml: hypercorn.bind: localhost:8000: socket activation needs an IP address, not a host name (systemd's ListenStream= does not resolve names); write 127.0.0.1:8000, or set service.socket_activation: false"
+            "app/deploy.yaml: hypercorn.bind[0]: localhost:8000: socket activation needs an IP address, not a host name (systemd's ListenStream= does not resolve names); write 127.0.0.1:8000, or set service.socket_activation: false at line 3 column 11"
         ],
     );
     check_err(
         "app: api\nhypercorn:\n  bind: [\"fd://3\"]\n",
         expect![
-            "app/deploy.yaml: hypercorn.bind: fd://3: with service.socket_activation the binds are handed over as fd://; list addresses instead"
+            "app/deploy.yaml: hypercorn.bind[0]: fd://3: with service.socket_activation the binds are handed over as fd://; list addresses instead at line 3 column 11"
         ],
     );
     check_err(
