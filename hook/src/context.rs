@@ -75,7 +75,7 @@ impl Ctx {
             manager: self.manager,
             unit,
             unit_file: self.host("/etc/systemd/system").join(unit),
-            supervisor: Supervisor { root: self.root.clone(), app_root: store.app_root.clone() },
+            supervisor: Supervisor { root: self.root.clone(), state: store.state.path.clone() },
         }
     }
 }

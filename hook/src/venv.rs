@@ -1,5 +1,7 @@
 //! The Python environment: `venvs/<key>`, content-addressed, built at its final path as the app
-//! user (venvs are not relocatable), with uv when there is one, else `python -m venv` and pip.
+//! user (venvs are not relocatable), with uv when there is one, else `python -m venv` and pip,
+//! bytecode compiled at build time. Once built and checked, the venv is given to the hook's user
+//! (root) and made read-only to the app user before anything runs from it again.
 
 use std::{
     ffi::OsString,
@@ -14,7 +16,7 @@ use packaging::config::{Installer, Release, venv_key};
 
 use crate::{
     child::{self, Spawn},
-    store::{Store, VENV_COMPLETE, write_atomic},
+    store::{Store, VENV_COMPLETE},
     util::Log,
 };
 
@@ -81,30 +83,30 @@ pub fn ensure(
     store: &Store,
     release: &Release,
     python: &Path,
+    req_bytes: &[u8],
     requirements: &Path,
     log_file: &Path,
     log: &Log,
 ) -> anyhow::Result<Outcome> {
-    let req_bytes =
-        fs::read(requirements).with_context(|| format!("cannot read {}", requirements.display()))?;
-    let key = venv_key(release.python.as_str(), release.installer, &req_bytes);
+    let key = venv_key(release.python.as_str(), release.installer, req_bytes);
     if key != release.venv_key {
         bail!(
             "release.yaml names the venv {} but its inputs hash to {key}; rebuild the bundle",
             release.venv_key
         );
     }
-    let dir = store.venvs().join(&key);
-    if dir.join(VENV_COMPLETE).exists() {
+    let venvs = store.dir.sub_owned("venvs", store.me.uid)?;
+    if let Ok(done) = venvs.sub_owned(&key, store.me.uid)
+        && done.stat_at(VENV_COMPLETE)?.is_some()
+    {
         return Ok(Outcome::Reused);
     }
+    // The path the installers (running as the app user) see: venvs bake it in.
+    let dir = store.app_root.join("venvs").join(&key);
     if !python.is_file() {
         bail!("the interpreter {} does not exist (deploy.yaml python)", release.python);
     }
-    if dir.exists() {
-        fs::remove_dir_all(&dir)
-            .with_context(|| format!("cannot remove the unfinished {}", dir.display()))?;
-    }
+    venvs.remove(&key).context("cannot remove an unfinished venv")?;
     let uv = match release.installer {
         Installer::Pip => None,
         Installer::Uv => Some(
@@ -113,10 +115,12 @@ pub fn ensure(
         ),
         Installer::Auto => find_uv(),
     };
-    let guard = RemoveOnDrop(Some(dir.clone()));
-    store.mkdir(&dir, 0o755)?;
+    let guard = RemoveOnDrop(Some(store.venvs().join(&key)));
+    let app = store.app_ids();
+    venvs.ensure_dir(&key, 0o755, app.uid, app.gid)?;
+    let cache = store.dir.sub_owned("cache", app.uid)?;
     for sub in ["pip", "uv"] {
-        store.mkdir(&store.cache().join(sub), 0o750)?;
+        cache.ensure_dir(sub, 0o750, app.uid, app.gid)?;
     }
     let env = child_env(store, None);
     let run = |what: &str, mut cmd: Command, timeout: u64| {
@@ -132,7 +136,7 @@ pub fn ensure(
         cmd.args(["venv", "--quiet", "--no-config", "--allow-existing", "--python"]).arg(python).arg(&dir);
         run("uv venv", cmd, 300)?;
         let mut cmd = Command::new(uv);
-        cmd.args(["pip", "install", "--no-config", "--python"])
+        cmd.args(["pip", "install", "--no-config", "--compile-bytecode", "--python"])
             .arg(dir.join("bin/python"))
             .arg("-r")
             .arg(requirements);
@@ -151,9 +155,13 @@ pub fn ensure(
     let mut cmd = Command::new(dir.join("bin/python"));
     cmd.args(["-c", "import hypercorn"]);
     run("the venv's import of hypercorn", cmd, 120)?;
-    let marker = dir.join(VENV_COMPLETE);
-    write_atomic(&marker, format!("installer={used}\nkey={key}\n").as_bytes(), 0o644)?;
-    store.own(&marker)?;
+    // From here on the app user cannot change it: root's, no write access for group or others.
+    let built = venvs.sub_owned(&key, app.uid)?;
+    built.chown_tree(store.me.uid, store.me.gid)?;
+    if built.stat_at("bin")?.is_none() {
+        bail!("{} has no bin/ after the build; it was moved or replaced while it was built", dir.display());
+    }
+    built.write_atomic(VENV_COMPLETE, format!("installer={used}\nkey={key}\n").as_bytes(), 0o644, None)?;
     guard.disarm();
     Ok(Outcome::Built(used))
 }

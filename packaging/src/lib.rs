@@ -50,6 +50,20 @@ pub mod layout {
     pub const RESERVED_IN_RELEASE: [&str; 6] =
         ["configs", "dependencies", "deploy", ".venv", ".env", "REVISION"];
 
+    /// The directory of the hook's root-owned state on the instance (journal, lock, the root
+    /// copies of every release's unit, release.yaml and MANIFEST, the environment file), outside
+    /// anything the app user can write. `app` is a validated app name (a single component).
+    pub fn state_dir(app: &str) -> String {
+        format!("/var/lib/deploy-hook/{app}")
+    }
+
+    /// The environment file in [`state_dir`]: the unit's `EnvironmentFile=`, root-owned, seeded
+    /// once from `configs/sample.env` and kept across releases.
+    pub const STATE_ENV_FILE: &str = "service.env";
+
+    /// The process manager's pidfile in [`state_dir`].
+    pub const STATE_PIDFILE: &str = "service.pid";
+
     /// Path of the rendered unit inside the revision.
     pub fn unit(unit_name: &str) -> String {
         format!("{CONFIGS}/{unit_name}")

@@ -18,7 +18,7 @@ struct StopService<'a>(&'a Sandbox);
 
 impl Drop for StopService<'_> {
     fn drop(&mut self) {
-        if let Ok(text) = fs::read_to_string(self.0.app_root().join("service.pid"))
+        if let Ok(text) = fs::read_to_string(self.0.state_dir().join("service.pid"))
             && let Some(pid) = text.split(' ').next()
         {
             let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();

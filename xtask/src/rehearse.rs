@@ -115,7 +115,8 @@ pub fn rehearse(
         format!("the rehearsal needs one of our revisions, and {} is missing", layout::RELEASE_YAML)
     })?;
     let release = Release::parse(Path::new(layout::RELEASE_YAML), &text)?;
-    sandbox.app_root = Some(sandbox.root.join(release.app_root.as_str().trim_start_matches('/')));
+    let state = packaging::layout::state_dir(release.app.as_str());
+    sandbox.state_dir = Some(sandbox.root.join(state.trim_start_matches('/')));
 
     let runner = hook_runner(&archive.join(layout::HOOK))?;
     if !Path::new(release.python.as_str()).is_file() {
@@ -280,8 +281,9 @@ struct Sandbox {
     path: PathBuf,
     /// `DEPLOY_HOOK_ROOT`.
     root: PathBuf,
-    /// `<root>/<app_root>`, once release.yaml is read.
-    app_root: Option<PathBuf>,
+    /// `<root>/var/lib/deploy-hook/<app>`, the hook's state (the supervisor's pidfile), once
+    /// release.yaml is read.
+    state_dir: Option<PathBuf>,
     /// Directories put first on the hook's PATH.
     path_dirs: Vec<PathBuf>,
     /// The watcher that cleans up if this process dies first (see [`janitor`]).
@@ -320,7 +322,7 @@ impl Sandbox {
             dir: Some(dir),
             path: path.clone(),
             root: root.clone(),
-            app_root: None,
+            state_dir: None,
             path_dirs: Vec::new(),
             janitor: None,
         };
@@ -515,7 +517,7 @@ impl Sandbox {
         let Some(dir) = self.dir.take() else { return Cleanup::default() };
         // `path` is the canonical spelling the processes' links use.
         let _ = dir.keep();
-        let cleanup = clean(&self.path, self.app_root.as_deref());
+        let cleanup = clean(&self.path, self.state_dir.as_deref());
         if let Some(mut janitor) = self.janitor.take() {
             let _ = janitor.kill();
             let _ = janitor.wait();
@@ -524,11 +526,12 @@ impl Sandbox {
     }
 }
 
-/// Stops the service of `app_root` (if known), kills what still runs from `path`, removes `path`.
-fn clean(path: &Path, app_root: Option<&Path>) -> Cleanup {
+/// Stops the service whose pidfile is in `state_dir` (if known), kills what still runs from
+/// `path`, removes `path`.
+fn clean(path: &Path, state_dir: Option<&Path>) -> Cleanup {
     let started = Instant::now();
-    let service = match app_root {
-        Some(app_root) => stop_service(&app_root.join("service.pid")),
+    let service = match state_dir {
+        Some(state_dir) => stop_service(&state_dir.join(packaging::layout::STATE_PIDFILE)),
         None => "no service was installed".into(),
     };
     let mut cleanup = Cleanup { service, ..Cleanup::default() };
@@ -669,7 +672,7 @@ fn group_alive(pgid: i32) -> bool {
         .any(|pid| proc_stat(pid).is_some_and(|(state, pgrp, _)| pgrp == pgid && !"ZX".contains(state)))
 }
 
-/// Stops the process group recorded in the supervisor's pidfile ("PID STARTTIME"): SIGTERM,
+/// Stops the process group recorded in the supervisor's pidfile ("PID STARTTIME UID EXE"): SIGTERM,
 /// then SIGKILL after [`STOP_GRACE`]. Says what it did.
 fn stop_service(pidfile: &Path) -> String {
     let Ok(text) = fs::read_to_string(pidfile) else { return "no service was running".into() };
