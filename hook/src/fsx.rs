@@ -127,8 +127,10 @@ impl Dir {
         let path = self.path.join(name);
         let fd = self.openat_raw(name, libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(|e| {
             let what = match e.raw_os_error() {
-                Some(libc::ELOOP) => "it is a symlink".to_owned(),
-                Some(libc::ENOTDIR) => "it is not a directory".to_owned(),
+                Some(libc::ELOOP | libc::ENOTDIR) => match self.stat_at(name) {
+                    Ok(Some(st)) => format!("it is {}; refusing to follow or use it", kind(st.st_mode)),
+                    _ => "it is not a directory".to_owned(),
+                },
                 _ => e.to_string(),
             };
             anyhow::format_err!("cannot open the directory {}: {what}", path.display())

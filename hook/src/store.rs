@@ -79,7 +79,16 @@ fn euid() -> Ids {
 /// symlink. Components that exist may belong to anyone (the app user's home); created ones
 /// belong to `me` with `mode`.
 fn walk_create(base: &Dir, rel: &Path, me: Ids, mode: u32) -> anyhow::Result<Dir> {
-    let mut dir = base.beneath(Path::new("."))?;
+    // Usually all there: one openat2 (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS).
+    match base.beneath(rel) {
+        Ok(dir) => return Ok(dir),
+        Err(e)
+            if e.root_cause()
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound) => {}
+        Err(e) => return Err(e),
+    }
+    let mut dir = base.try_clone()?;
     for part in rel.components() {
         let name = part.as_os_str().to_str().context("a path component is not UTF-8")?;
         dir = match dir.stat_at(name)? {
