@@ -196,13 +196,17 @@ impl Drop for Target {
 }
 
 impl Target {
-    fn new() -> Target {
-        let fixture = fixture();
+    /// A sandbox with nothing deployed yet.
+    fn bare() -> Target {
+        fixture();
         let mut sandbox = Sandbox::new().unwrap();
         sandbox.provide_uv().unwrap();
         let canaries = Canaries::new(sandbox.root.parent().unwrap());
-        let mut target = Target { sandbox, canaries, archives: BTreeMap::new() };
-        let _ = &fixture.bundles;
+        Target { sandbox, canaries, archives: BTreeMap::new() }
+    }
+
+    fn new() -> Target {
+        let mut target = Target::bare();
         target.deploy(0, "d-A00000001", &["BeforeInstall", "AfterInstall"], "none");
         target
     }
@@ -369,6 +373,67 @@ fn attack_05_app_root_replaced_by_a_symlink() {
     assert!(!outs[1].status.success(), "AfterInstall went ahead in a symlinked app root");
     assert!(String::from_utf8_lossy(&outs[1].stdout).contains("symlink"), "{}", describe(&outs[1]));
     t.canaries.assert_untouched("attack 5");
+}
+
+#[test]
+fn app_root_replaced_by_a_directory_of_the_app_user_is_refused() {
+    let mut t = Target::new();
+    let root = t.app("");
+    let root = root.trim_end_matches('/');
+    assert!(as_app(&["mv", root, &format!("{root}.old")]) && as_app(&["mkdir", root]));
+    let outs = t.deploy(1, "d-B00000001", &["AfterInstall"], "none");
+    assert!(!outs[0].status.success(), "AfterInstall built in a directory the app user made");
+    let stdout = String::from_utf8_lossy(&outs[0].stdout);
+    assert!(stdout.contains("someone replaced it; move it aside and deploy again"), "{stdout}");
+    t.canaries.assert_untouched("replaced app root");
+}
+
+/// An app root as the previous deploy-hook left it: the app user's, with the journal, the lock,
+/// releases, venvs and `current` inside, and a `shared/.env`.
+fn legacy_layout(t: &Target) {
+    let root = t.sandbox.app_root();
+    let rev = "r-0123456789abcdef";
+    for dir in ["", "releases", "venvs", "venvs/v-0123456789abcdef", "shared", "logs", "cache"] {
+        fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    fs::create_dir_all(root.join("releases").join(rev)).unwrap();
+    fs::write(root.join("releases").join(rev).join("app.py"), "old = 1\n").unwrap();
+    std::os::unix::fs::symlink(format!("releases/{rev}"), root.join("current")).unwrap();
+    let record = format!(
+        "{{\"time\":\"2020-01-01T00:00:00Z\",\"deployment_id\":\"d-OLD\",\"revision\":\"{rev}\",\"event\":\"AfterInstall\",\"state\":\"live\"}}\n"
+    );
+    fs::write(root.join("journal.jsonl"), record).unwrap();
+    fs::write(root.join("shared/.env"), "GREETING=from the legacy shared .env\n").unwrap();
+    let out =
+        Command::new("chown").args(["-R", &format!("{APP_UID}:{APP_UID}")]).arg(&root).output().unwrap();
+    assert!(out.status.success());
+    fs::write(root.join(".lock"), "").unwrap();
+}
+
+#[test]
+fn a_host_of_the_old_layout_is_migrated() {
+    let mut t = Target::bare();
+    legacy_layout(&t);
+    let outs = t.deploy(0, "d-A00000001", &["BeforeInstall", "AfterInstall"], "none");
+    assert!(outs[1].status.success(), "{}", describe(&outs[1]));
+    let stdout = String::from_utf8_lossy(&outs[0].stdout);
+    assert!(stdout.contains("migrated") && stdout.contains("legacy-"), "{stdout}");
+    let root = t.sandbox.app_root();
+    assert_eq!(fs::metadata(&root).unwrap().uid(), 0, "the app root is root's now");
+    let legacy: Vec<String> =
+        t.sandbox.listing("").into_iter().filter(|n| n.starts_with("legacy-")).collect();
+    assert_eq!(legacy.len(), 1, "{:?}", t.sandbox.listing(""));
+    let moved = t.sandbox.listing(&legacy[0]);
+    for name in [".lock", "current", "journal.jsonl", "releases", "venvs"] {
+        assert!(moved.contains(&name.to_owned()), "{name} not moved aside: {moved:?}");
+    }
+    assert_eq!(fs::metadata(root.join("shared")).unwrap().uid(), APP_UID, "shared/ stays the app user's");
+    let env = fs::read_to_string(t.sandbox.state_dir().join("service.env")).unwrap();
+    assert_eq!(env, "GREETING=from the legacy shared .env\n");
+    // The legacy journal was not read: only this deployment is in the new one.
+    assert!(t.sandbox.journal().iter().all(|r| r["deployment_id"] == "d-A00000001"));
+    t.deploy(1, "d-B00000001", &EVENTS, "none");
+    t.canaries.assert_untouched("migration");
 }
 
 /// Holds the (old) lock as the app user while `swap` runs, then lets go, during AfterInstall.
