@@ -280,7 +280,7 @@ fn save_copies(store: &Store, revision: &Revision) -> anyhow::Result<()> {
 pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -> anyhow::Result<String> {
     let release = &revision.release;
     let rev = revision.id.as_str();
-    let store = log.step("resolve user and app root", |_| Store::open(ctx, release))?;
+    let store = log.step("resolve user and app root", |_| Store::open(&ctx.root, release))?;
     let holder =
         format!("pid {} (deployment {deployment_id}, AfterInstall, since {})", std::process::id(), now());
     let _lock = log.step("lock", |log| Lock::acquire(&store, &holder, lock_wait(), &|m| log.info(m)))?;

@@ -27,7 +27,7 @@ const SPACE_MARGIN: u64 = 100 << 20;
 pub fn application_stop(ctx: &Ctx, revision: &Revision, log: &Log) -> String {
     let release = &revision.release;
     let res = (|| -> anyhow::Result<String> {
-        let store = Store::open(ctx, release)?;
+        let store = Store::open(&ctx.root, release)?;
         let service = ctx.service(release, &store);
         if !service.exists() {
             return Ok(format!("application-stop ok: {} is not installed, nothing to stop", release.unit));
@@ -80,7 +80,7 @@ pub fn before_install(ctx: &Ctx, revision: &Revision, log: &mut Log) -> anyhow::
         }
         Ok(())
     })?;
-    let store = Store::open(ctx, release)?;
+    let store = Store::open(&ctx.root, release)?;
     let (free, need) = log.step("free space", |_| {
         let manifest = Manifest::parse(&revision.manifest_text)?;
         let files: u64 = manifest.entries.iter().map(|e| e.size).sum();
@@ -131,7 +131,7 @@ pub fn before_install(ctx: &Ctx, revision: &Revision, log: &mut Log) -> anyhow::
 /// ApplicationStart: enable the unit when it is not, then restart it.
 pub fn application_start(ctx: &Ctx, revision: &Revision, log: &mut Log) -> anyhow::Result<String> {
     let release = &revision.release;
-    let store = Store::open(ctx, release)?;
+    let store = Store::open(&ctx.root, release)?;
     let service = ctx.service(release, &store);
     if !service.exists() {
         bail!("{} is not installed in {}; did AfterInstall run?", release.unit, service.unit_file.display());
@@ -193,7 +193,7 @@ pub fn validate_service(
     log: &mut Log,
 ) -> anyhow::Result<String> {
     let release = &revision.release;
-    let store = Store::open(ctx, release)?;
+    let store = Store::open(&ctx.root, release)?;
     let service = ctx.service(release, &store);
     let journal = Journal::new(&store.state)?;
     let current = store.current_revision().context("current points at no release; did AfterInstall run?")?;
@@ -246,7 +246,7 @@ pub fn rollback(
     force: bool,
     log: &mut Log,
 ) -> anyhow::Result<String> {
-    let store = Store::open(ctx, &revision.release)?;
+    let store = Store::open(&ctx.root, &revision.release)?;
     let holder = format!("pid {} (rollback, since {})", std::process::id(), now());
     let _lock = Lock::acquire(&store, &holder, lock_wait(), &|m| log.info(m))?;
     let journal = Journal::new(&store.state)?;
@@ -286,7 +286,7 @@ pub fn rollback(
 
 /// `deploy-hook prune [--keep N]`.
 pub fn prune_cmd(ctx: &Ctx, revision: &Revision, keep: Option<u32>, log: &mut Log) -> anyhow::Result<String> {
-    let store = Store::open(ctx, &revision.release)?;
+    let store = Store::open(&ctx.root, &revision.release)?;
     let holder = format!("pid {} (prune, since {})", std::process::id(), now());
     let _lock = Lock::acquire(&store, &holder, lock_wait(), &|m| log.info(m))?;
     let keep = keep.unwrap_or(revision.release.keep_releases).max(1);
@@ -326,7 +326,8 @@ struct Status {
 /// `deploy-hook status [--json]`.
 pub fn status(ctx: &Ctx, revision: &Revision, json: bool) -> anyhow::Result<String> {
     let release = &revision.release;
-    let store = Store::open(ctx, release).context("status reads the root-owned journal: run it as root")?;
+    let store =
+        Store::open(&ctx.root, release).context("status reads the root-owned journal: run it as root")?;
     let records = Journal::new(&store.state)?.read()?;
     let current = store.current_revision();
     let previous =

@@ -22,7 +22,6 @@ use anyhow::{Context, bail};
 use packaging::{config::Release, layout};
 
 use crate::{
-    context::Ctx,
     fsx::Dir,
     users::{self, Ids},
     util::{check_interrupted, now},
@@ -100,16 +99,16 @@ fn walk_create(base: &Dir, rel: &Path, me: Ids, mode: u32) -> anyhow::Result<Dir
 }
 
 impl Store {
-    /// Opens the store of `release` under `ctx.root`, resolving the app user, creating the
-    /// state directory and the app root when missing.
-    pub fn open(ctx: &Ctx, release: &Release) -> anyhow::Result<Store> {
-        let ids = users::resolve(&ctx.root, release.user.as_str(), release.group.as_str())?;
+    /// Opens the store of `release` under the sandbox root `root` (`/` on an instance),
+    /// resolving the app user, creating the state directory and the app root when missing.
+    pub fn open(root_dir: &Path, release: &Release) -> anyhow::Result<Store> {
+        let ids = users::resolve(root_dir, release.user.as_str(), release.group.as_str())?;
         let me = euid();
         let root = me.uid == 0;
         if !root && ids.uid != me.uid {
             bail!("run as root or as the app user {} (uid {})", release.user, ids.uid);
         }
-        let sandbox = Dir::open_trusted(&ctx.root)?;
+        let sandbox = Dir::open_trusted(root_dir)?;
         let state_rel = layout::state_dir(release.app.as_str());
         let state_rel = Path::new(state_rel.trim_start_matches('/'));
         let state_parent =
@@ -142,7 +141,7 @@ impl Store {
             );
         }
         Ok(Store {
-            app_root: ctx.host(release.app_root.as_str()),
+            app_root: root_dir.join(release.app_root.as_str().trim_start_matches('/')),
             dir,
             state,
             owner: root.then_some(ids),

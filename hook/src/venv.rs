@@ -42,13 +42,7 @@ pub fn child_env(store: &Store, extra_path: Option<&Path>) -> Vec<(OsString, OsS
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(k, _)| {
             let k = k.to_string_lossy();
-            k.starts_with("PIP_")
-                || (k.starts_with("UV_") && k != "UV_CACHE_DIR")
-                || k.eq_ignore_ascii_case("http_proxy")
-                || k.eq_ignore_ascii_case("https_proxy")
-                || k.eq_ignore_ascii_case("no_proxy")
-                || k == "SSL_CERT_FILE"
-                || k == "REQUESTS_CA_BUNDLE"
+            packaging::passed_to_installers(&k) && k != "UV_CACHE_DIR"
         })
         .collect();
     let mut path = OsString::new();

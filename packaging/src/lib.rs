@@ -70,6 +70,16 @@ pub mod layout {
     }
 }
 
+/// The environment variables that reach pip and uv (proxy and package index settings): the hook
+/// passes these of its own environment to the installers, and a rehearsal passes them to the hook.
+pub fn passed_to_installers(name: &str) -> bool {
+    name.starts_with("PIP_")
+        || name.starts_with("UV_")
+        || ["http_proxy", "https_proxy", "no_proxy"].iter().any(|p| name.eq_ignore_ascii_case(p))
+        || name == "SSL_CERT_FILE"
+        || name == "REQUESTS_CA_BUNDLE"
+}
+
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;

@@ -26,7 +26,7 @@ use appspec::{
 };
 use packaging::{Release, bundle::Arch, config::Installer, layout};
 
-use crate::verify::find_in_path;
+use crate::find_in_path;
 
 /// The deployment id every rehearsal uses (the agent's form, `d-` and alphanumerics).
 pub const DEPLOYMENT_ID: &str = "d-REHEARSE1";
@@ -466,7 +466,7 @@ impl Sandbox {
         }
         path.push("/usr/local/bin:/usr/bin:/bin");
         cmd.env_clear()
-            .envs(std::env::vars_os().filter(|(k, _)| passed_through(&k.to_string_lossy())))
+            .envs(std::env::vars_os().filter(|(k, _)| packaging::passed_to_installers(&k.to_string_lossy())))
             .env("PATH", path)
             .env("LIFECYCLE_EVENT", event.name())
             .env("DEPLOYMENT_ID", DEPLOYMENT_ID)
@@ -574,15 +574,6 @@ impl Drop for Sandbox {
             }
         }
     }
-}
-
-/// The variables of this environment the hook gets: proxy and package index settings.
-fn passed_through(name: &str) -> bool {
-    name.starts_with("PIP_")
-        || name.starts_with("UV_")
-        || ["http_proxy", "https_proxy", "no_proxy"].iter().any(|p| name.eq_ignore_ascii_case(p))
-        || name == "SSL_CERT_FILE"
-        || name == "REQUESTS_CA_BUNDLE"
 }
 
 /// What the cleanup did.
