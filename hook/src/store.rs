@@ -64,6 +64,10 @@ pub struct Store {
     pub owner: Option<Ids>,
     /// The hook's own uid and gid: the owner of everything else.
     pub me: Ids,
+    /// Who runs the installers that build a venv: `nobody` (its uid and gid from the instance's
+    /// passwd and group, else 65534) when the hook is root, never the app user; else the hook's
+    /// user.
+    pub builder: Ids,
     /// The app root was laid out by an older deploy-hook (owned by the app user); the next
     /// [`Store::ensure_layout`] migrates it.
     legacy: bool,
@@ -140,7 +144,20 @@ impl Store {
                 state.path.display()
             );
         }
+        let builder = if root {
+            let nobody = |group| users::resolve(root_dir, "nobody", group).ok();
+            nobody("nogroup").or_else(|| nobody("nobody")).unwrap_or(Ids { uid: 65534, gid: 65534 })
+        } else {
+            me
+        };
+        if root && builder.uid == ids.uid {
+            bail!(
+                "the app user {} is the build identity nobody; run the service as a user of its own",
+                release.user
+            );
+        }
         Ok(Store {
+            builder,
             app_root: root_dir.join(release.app_root.as_str().trim_start_matches('/')),
             dir,
             state,
@@ -338,6 +355,14 @@ impl Store {
         for name in tmp.names()? {
             tmp.remove(&name)?;
             removed.push(format!("cache/tmp/{name}"));
+        }
+        if let Ok(build) = self.dir.sub_owned(crate::venv::BUILD_DIR, self.builder.uid)
+            && let Ok(tmp) = build.sub_owned("tmp", self.builder.uid)
+        {
+            for name in tmp.names()? {
+                tmp.remove(&name)?;
+                removed.push(format!("{}/tmp/{name}", crate::venv::BUILD_DIR));
+            }
         }
         Ok(removed)
     }

@@ -1,7 +1,9 @@
-//! The Python environment: `venvs/<key>`, content-addressed, built at its final path as the app
-//! user (venvs are not relocatable), with uv when there is one, else `python -m venv` and pip,
-//! bytecode compiled at build time. Once built and checked, the venv is given to the hook's user
-//! (root) and made read-only to the app user before anything runs from it again.
+//! The Python environment: `venvs/<key>`, content-addressed, built at its final path (venvs are
+//! not relocatable) with uv when there is one, else `python -m venv` and pip, bytecode compiled at
+//! build time. The installers run as the build identity (`nobody` when the hook is root), never as
+//! the app user, in a directory the app user cannot write, with their caches and temporary files
+//! in `<app_root>/.build` (the build identity's, mode 0700); once built and checked, the venv is
+//! given to the hook's user (root) and made read-only before anything runs from it.
 
 use std::{
     ffi::OsString,
@@ -19,6 +21,9 @@ use crate::{
     store::{Store, VENV_COMPLETE},
     util::Log,
 };
+
+/// The build identity's directory in the app root: installer caches and temporary files.
+pub const BUILD_DIR: &str = ".build";
 
 /// What [`ensure`] did.
 pub enum Outcome {
@@ -95,7 +100,7 @@ pub fn ensure(
     {
         return Ok(Outcome::Reused);
     }
-    // The path the installers (running as the app user) see: venvs bake it in.
+    // The path the installers see: venvs bake it in.
     let dir = store.app_root.join("venvs").join(&key);
     if !python.is_file() {
         bail!("the interpreter {} does not exist (deploy.yaml python)", release.python);
@@ -110,19 +115,23 @@ pub fn ensure(
         Installer::Auto => find_uv(),
     };
     let guard = RemoveOnDrop(Some(store.venvs().join(&key)));
-    let app = store.app_ids();
-    venvs.ensure_dir(&key, 0o755, app.uid, app.gid)?;
-    let cache = store.dir.sub_owned("cache", app.uid)?;
-    for sub in ["pip", "uv"] {
-        cache.ensure_dir(sub, 0o750, app.uid, app.gid)?;
+    let builder = store.builder;
+    venvs.ensure_dir(&key, 0o755, builder.uid, builder.gid)?;
+    let build = store.dir.ensure_dir(BUILD_DIR, 0o700, builder.uid, builder.gid)?;
+    for sub in ["pip", "uv", "tmp"] {
+        build.ensure_dir(sub, 0o700, builder.uid, builder.gid)?;
     }
-    let env = child_env(store, None);
+    let build_dir = store.app_root.join(BUILD_DIR);
+    let mut env = child_env(store, None);
+    env.retain(|(k, _)| !["HOME", "TMPDIR", "PIP_CACHE_DIR", "UV_CACHE_DIR"].iter().any(|v| k == v));
+    for (k, sub) in [("HOME", ""), ("TMPDIR", "tmp"), ("PIP_CACHE_DIR", "pip"), ("UV_CACHE_DIR", "uv")] {
+        env.push((k.into(), build_dir.join(sub).into()));
+    }
+    env.push(("PIP_ROOT_USER_ACTION".into(), "ignore".into()));
+    let ids = store.owner.map(|_| builder);
     let run = |what: &str, mut cmd: Command, timeout: u64| {
         cmd.env_clear().envs(env.iter().map(|(k, v)| (k, v))).current_dir(&store.app_root);
-        child::run(
-            cmd,
-            Spawn { what, ids: store.owner, timeout: Duration::from_secs(timeout), log: log_file },
-        )
+        child::run(cmd, Spawn { what, ids, timeout: Duration::from_secs(timeout), log: log_file })
     };
     let used = if let Some(uv) = &uv {
         log.info(format!("building {key} with {}", uv.display()));
@@ -149,8 +158,8 @@ pub fn ensure(
     let mut cmd = Command::new(dir.join("bin/python"));
     cmd.args(["-c", "import hypercorn"]);
     run("the venv's import of hypercorn", cmd, 120)?;
-    // From here on the app user cannot change it: root's, no write access for group or others.
-    let built = venvs.sub_owned(&key, app.uid)?;
+    // From here on nobody but root can change it: no write access for group or others.
+    let built = venvs.sub_owned(&key, builder.uid)?;
     built.chown_tree(store.me.uid, store.me.gid)?;
     if built.stat_at("bin")?.is_none() {
         bail!("{} has no bin/ after the build; it was moved or replaced while it was built", dir.display());
