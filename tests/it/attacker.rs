@@ -45,6 +45,7 @@ fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
         let port = free_port();
+        PORT.set(port).unwrap();
         let edits = [
             ("deadline: 60", "deadline: 4"),
             ("keep_releases: 5", "keep_releases: 2\nshared_files: [settings/local.ini]\nshared_dirs: [data]"),
@@ -76,6 +77,9 @@ fn fixture() -> &'static Fixture {
         Fixture { _dir: dir, bundles: [a, b, c], wheels }
     })
 }
+
+/// The port the fixture's service binds.
+static PORT: OnceLock<u16> = OnceLock::new();
 
 /// Tests that run hypercorn on the fixture's port take turns.
 static SERVICE: Mutex<()> = Mutex::new(());
@@ -258,12 +262,12 @@ impl Target {
         bounded(cmd, &format!("deploy-hook {}", args.join(" ")))
     }
 
-    fn unit_of(&mut self, which: usize, id: &str) -> Vec<u8> {
-        fs::read(self.archive(which, id).join("configs").join(UNIT)).unwrap()
+    fn unit_of(&mut self, which: usize, id: &str) -> String {
+        fs::read_to_string(self.archive(which, id).join("configs").join(UNIT)).unwrap()
     }
 
-    fn installed_unit(&self) -> Vec<u8> {
-        fs::read(self.sandbox.root.join("etc/systemd/system").join(UNIT)).unwrap()
+    fn installed_unit(&self) -> String {
+        fs::read_to_string(self.sandbox.root.join("etc/systemd/system").join(UNIT)).unwrap()
     }
 }
 
@@ -301,7 +305,7 @@ fn attack_01_tampered_unit_in_a_release_is_never_installed() {
     // A flip back to A (the agent's redeploy) and a manual rollback both install A's unit.
     t.deploy(0, "d-A00000002", &["BeforeInstall", "AfterInstall"], "none");
     assert_eq!(t.installed_unit(), t.unit_of(0, "d-A00000002"), "planted: {planted}");
-    let installed = String::from_utf8(t.installed_unit()).unwrap();
+    let installed = t.installed_unit();
     assert!(installed.contains("User=snake") && !installed.contains("pwned"), "{installed}");
     t.deploy(1, "d-B00000003", &["AfterInstall"], "none");
     let out = t.by_hand(1, &["rollback", "--to", &rev_a, "--force"]);
@@ -325,10 +329,16 @@ fn attack_02_journal_names_never_leave_releases() {
     let forged_file = t.sandbox.root.parent().unwrap().join("forged.jsonl");
     fs::write(&forged_file, forged).unwrap();
     fs::set_permissions(&forged_file, fs::Permissions::from_mode(0o644)).unwrap();
+    // Appending where it may; else a copy with the forged lines renamed over the journal, which
+    // works wherever the app user can write the directory holding it.
     for journal in [t.app("journal.jsonl"), t.state("journal.jsonl")] {
-        let mut cmd = as_app_cmd(&["tee", "-a", &journal]);
-        cmd.stdin(fs::File::open(&forged_file).unwrap()).stdout(Stdio::null()).stderr(Stdio::null());
-        let _ = cmd.status();
+        let appended = append_as_app(&journal, &forged_file);
+        let copy = format!("{journal}.new");
+        let replaced = !appended
+            && as_app(&["cp", &journal, &copy])
+            && append_as_app(&copy, &forged_file)
+            && as_app(&["mv", "-f", &copy, &journal]);
+        println!("{journal}: appended {appended}, replaced {replaced}");
     }
     t.deploy(1, "d-B00000001", &["AfterInstall"], "none");
     t.deploy(2, "d-C00000001", &["AfterInstall"], "none");
@@ -336,6 +346,13 @@ fn attack_02_journal_names_never_leave_releases() {
     let out = t.by_hand(0, &["prune", "--keep", "1"]);
     assert_verdict(&out, "prune");
     t.canaries.assert_untouched("attack 2");
+}
+
+/// Appends the file `data` to `path` as the app user; returns whether it could.
+fn append_as_app(path: &str, data: &Path) -> bool {
+    let mut cmd = as_app_cmd(&["tee", "-a", path]);
+    cmd.stdin(fs::File::open(data).unwrap()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.status().unwrap().success()
 }
 
 /// Replaces `rel` under the app root by a symlink to `target`, as the app user.
@@ -370,9 +387,9 @@ fn attack_05_app_root_replaced_by_a_symlink() {
     let planted = moved && as_app(&["ln", "-s", t.canaries.dir.join("dir").to_str().unwrap(), root]);
     assert!(planted, "the app user owns the home, so it can replace the app root");
     let outs = t.deploy(1, "d-B00000001", &["BeforeInstall", "AfterInstall"], "none");
+    t.canaries.assert_untouched("attack 5");
     assert!(!outs[1].status.success(), "AfterInstall went ahead in a symlinked app root");
     assert!(String::from_utf8_lossy(&outs[1].stdout).contains("symlink"), "{}", describe(&outs[1]));
-    t.canaries.assert_untouched("attack 5");
 }
 
 #[test]
@@ -477,8 +494,10 @@ fn attack_08_service_log_as_a_symlink() {
     let mut t = Target::new();
     let _ = as_app(&["mkdir", "-p", &t.app("logs")]);
     let planted = plant_symlink(&t, "logs/service.log", &t.canaries.file());
-    t.deploy(1, "d-B00000001", &EVENTS, "process");
-    std::thread::sleep(Duration::from_secs(2));
+    let outs = t.deploy(1, "d-B00000001", &EVENTS, "process");
+    assert!(outs[3].status.success(), "the service did not start: {}", describe(&outs[3]));
+    // hypercorn says where it listens once it does.
+    tests::sandbox::http_get(PORT.get().copied().unwrap(), "/healthz", Duration::from_secs(20)).unwrap();
     t.canaries.assert_untouched(&format!("attack 8 (planted: {planted})"));
 }
 
@@ -505,12 +524,20 @@ fn attack_10_forged_pidfile_never_signals_another_group() {
     let pid = t.canaries.process.id();
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let start = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(19).unwrap().to_owned();
-    let forged = t.sandbox.root.parent().unwrap().join("forged.pid");
-    fs::write(&forged, format!("{pid} {start} 0 /usr/bin/sleep\n")).unwrap();
-    fs::set_permissions(&forged, fs::Permissions::from_mode(0o644)).unwrap();
-    let planted = as_app(&["cp", forged.to_str().unwrap(), &t.app("service.pid")]);
-    let _ = as_app(&["cp", forged.to_str().unwrap(), &t.state("service.pid")]);
-    t.deploy(1, "d-B00000001", &EVENTS, "process");
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    // The pidfile as the previous layout wrote it ("PID START"), and as this one does.
+    let mut planted = false;
+    for (path, text) in [
+        (t.app("service.pid"), format!("{pid} {start}\n")),
+        (t.state("service.pid"), format!("{pid} {start} 0 {}\n", exe.display())),
+    ] {
+        let forged = t.sandbox.root.parent().unwrap().join("forged.pid");
+        fs::write(&forged, text).unwrap();
+        fs::set_permissions(&forged, fs::Permissions::from_mode(0o644)).unwrap();
+        planted |= as_app(&["cp", forged.to_str().unwrap(), &path]);
+    }
+    let outs = t.deploy(1, "d-B00000001", &EVENTS, "process");
+    assert!(outs[3].status.success(), "the service did not start: {}", describe(&outs[3]));
     t.canaries.assert_untouched(&format!("attack 10 (planted: {planted})"));
 }
 
