@@ -129,7 +129,10 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u32, u32, Vec<u8>)> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(path) = stack.pop() {
-        let meta = fs::symlink_metadata(&path).unwrap();
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            out.insert(path, (0, 0, b"(removed)".to_vec()));
+            continue;
+        };
         let data = if meta.is_file() { fs::read(&path).unwrap() } else { Vec::new() };
         if meta.is_dir() {
             stack.extend(fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
