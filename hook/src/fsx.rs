@@ -131,9 +131,11 @@ impl Dir {
                     Ok(Some(st)) => format!("it is {}; refusing to follow or use it", kind(st.st_mode)),
                     _ => "it is not a directory".to_owned(),
                 },
-                _ => e.to_string(),
+                _ => String::new(),
             };
-            anyhow::format_err!("cannot open the directory {}: {what}", path.display())
+            // The io::Error stays the root cause: callers tell a missing directory by it.
+            let sep = if what.is_empty() { "" } else { ": " };
+            anyhow::Error::new(e).context(format!("cannot open the directory {}{sep}{what}", path.display()))
         })?;
         Ok(Dir { fd, path })
     }

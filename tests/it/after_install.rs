@@ -346,7 +346,7 @@ fn sigterm_stops_children_and_removes_what_was_staged() {
         .spawn()
         .unwrap();
     // Wait until the venv build runs, then do what the agent's timeout does.
-    let log = sandbox.app_root().join("logs/d-TERMB0001.log");
+    let log = sandbox.state_dir().join("logs/d-TERMB0001.log");
     let start = std::time::Instant::now();
     while !log.exists() && start.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(50));
