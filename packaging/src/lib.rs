@@ -80,6 +80,39 @@ pub fn passed_to_installers(name: &str) -> bool {
         || name == "REQUESTS_CA_BUNDLE"
 }
 
+/// An `http://HOST[:PORT][/PATH]` URL, split (the health check's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl {
+    /// `host:port` to connect to, port 80 when the URL names none (`[v6]:port` for IPv6).
+    pub addr: String,
+    /// The authority as written, for the `Host:` header.
+    pub host: String,
+    /// The path, `/` when the URL has none.
+    pub path: String,
+}
+
+impl HttpUrl {
+    /// Splits `url`; the one parser of health URLs (the hook's check, the rehearsal's port probe).
+    pub fn parse(url: &str) -> Result<HttpUrl, String> {
+        let rest = url.strip_prefix("http://").ok_or_else(|| format!("{url}: only http:// URLs"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.is_empty() {
+            return Err(format!("{url}: no host"));
+        }
+        let addr = match authority.strip_prefix('[').and_then(|v6| v6.split_once(']')) {
+            Some((_, "")) => format!("{authority}:80"),
+            Some((_, port)) if port.starts_with(':') => authority.to_owned(),
+            Some(_) => return Err(format!("{url}: bad IPv6 address")),
+            None if authority.contains(':') => authority.to_owned(),
+            None => format!("{authority}:80"),
+        };
+        Ok(HttpUrl { addr, host: authority.to_owned(), path: path.to_owned() })
+    }
+}
+
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;

@@ -194,14 +194,8 @@ pub(crate) fn effective_ids() -> anyhow::Result<(u32, u32)> {
 /// Fails when something already listens on the health check's port here: ValidateService would
 /// ask it instead of the rehearsed service.
 fn check_port(url: &str) -> anyhow::Result<()> {
-    let Some(rest) = url.strip_prefix("http://") else { return Ok(()) };
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let with_port = if authority.ends_with(']') || !authority.contains(':') {
-        format!("{authority}:80")
-    } else {
-        authority.to_owned()
-    };
-    let Ok(addrs) = with_port.to_socket_addrs() else { return Ok(()) };
+    let Ok(parsed) = packaging::HttpUrl::parse(url) else { return Ok(()) };
+    let Ok(addrs) = parsed.addr.to_socket_addrs() else { return Ok(()) };
     for addr in addrs {
         match TcpListener::bind(addr) {
             Ok(_) => {}
