@@ -5,7 +5,11 @@
 
 use std::{
     fs, io,
-    os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink},
+    io::Write,
+    os::{
+        fd::AsRawFd,
+        unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, symlink},
+    },
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -22,42 +26,14 @@ use packaging::{
 use crate::{
     child::{self, Spawn},
     context::{Ctx, Revision},
+    fsx::{self, Dir},
     journal::{Journal, Record, State, states},
     prune,
-    service::Service,
-    store::{Lock, STAGING_PREFIX, Store, write_atomic},
-    users,
-    util::{Log, fsync_dir, now},
+    store::{Lock, READ_CAP, STAGING_PREFIX, Store, lock_wait, write_atomic},
+    unit,
+    util::{Log, now},
     venv,
 };
-
-/// Seconds to wait for another hook's lock: `DEPLOY_HOOK_LOCK_WAIT`, default 600.
-pub fn lock_wait() -> Duration {
-    let secs = std::env::var("DEPLOY_HOOK_LOCK_WAIT").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
-    Duration::from_secs(secs)
-}
-
-/// Opens the store of `release` under `ctx.root`, resolving the app user.
-pub fn open_store(ctx: &Ctx, release: &Release) -> anyhow::Result<Store> {
-    let ids = users::resolve(&ctx.root, release.user.as_str(), release.group.as_str())?;
-    let root = is_root();
-    // SAFETY: geteuid has no preconditions.
-    if !root && ids.uid != unsafe { libc::geteuid() } {
-        bail!("run as root or as the app user {} (uid {})", release.user, ids.uid);
-    }
-    Ok(Store { app_root: ctx.host(release.app_root.as_str()), owner: root.then_some(ids) })
-}
-
-/// True when the hook runs as root.
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// The store of `release` for reading only (`status`): any user who can read it may.
-pub fn read_store(ctx: &Ctx, release: &Release) -> Store {
-    Store { app_root: ctx.host(release.app_root.as_str()), owner: None }
-}
 
 /// Where a file of the revision goes in the release, if it goes at all.
 fn release_path(bundle_path: &str) -> Option<String> {
@@ -98,11 +74,12 @@ pub struct Staged {
     copied: usize,
 }
 
-/// Puts the revision's files into `staging`, owned by the app user, never following links.
+/// Puts the revision's files into `staging` (a path through the app root's descriptor), owned by
+/// the hook's user and read-only to the app user, never following links.
 ///
-/// Only the application source is ever linked: the hook, release.yaml and the manifest are read
-/// or run by root from the archive in later events, so they must not share an inode with a file
-/// the app user owns.
+/// Every file is hard-linked from the archive where it is owned by the hook's user and on the
+/// same filesystem: releases are immutable to the app user, so sharing an inode with the
+/// archive the agent extracted as root gives the app user nothing.
 fn stage_files(
     store: &Store,
     revision: &Revision,
@@ -114,11 +91,11 @@ fn stage_files(
         .entries
         .iter()
         .filter_map(|e| {
-            let linkable = e.path.starts_with("src/");
+            let linkable = true;
             release_path(&e.path).map(|dest| (dest, e.mode, revision.dir.join(&e.path), linkable))
         })
         .collect();
-    entries.push(("deploy/MANIFEST".into(), 0o100644, revision.dir.join(layout::MANIFEST), false));
+    entries.push(("deploy/MANIFEST".into(), 0o100644, revision.dir.join(layout::MANIFEST), true));
     let mut made = std::collections::HashSet::new();
     let mut staged = Staged::default();
     for (dest, mode, source, linkable) in entries {
@@ -127,7 +104,7 @@ fn stage_files(
         for part in Path::new(&dest).parent().into_iter().flat_map(Path::components) {
             parent.push(part);
             if made.insert(parent.clone()) {
-                store.mkdir(&parent, 0o755)?;
+                mkdir(&parent)?;
             }
         }
         if mode == SYMLINK {
@@ -137,16 +114,15 @@ fn stage_files(
                 bail!("{dest}: symlink to {text:?} would point outside the release");
             }
             symlink(&link, &target).with_context(|| format!("cannot create {}", target.display()))?;
-            store.own(&target)?;
             staged.copied += 1;
             continue;
         }
         let perm = if mode == EXECUTABLE { 0o755 } else { 0o644 };
-        if stage == Stage::Link && linkable {
+        let owned = fs::symlink_metadata(&source).is_ok_and(|m| m.uid() == store.me.uid && m.is_file());
+        if stage == Stage::Link && linkable && owned {
             match fs::hard_link(&source, &target) {
                 Ok(()) => {
                     fs::set_permissions(&target, fs::Permissions::from_mode(perm))?;
-                    store.own(&target)?;
                     staged.linked += 1;
                     continue;
                 }
@@ -166,9 +142,6 @@ fn stage_files(
             .with_context(|| format!("cannot create {}", target.display()))?;
         io::copy(&mut from, &mut to).with_context(|| format!("cannot copy to {}", target.display()))?;
         to.set_permissions(fs::Permissions::from_mode(perm))?;
-        if let Some(ids) = store.owner {
-            std::os::unix::fs::fchown(&to, Some(ids.uid), Some(ids.gid))?;
-        }
         staged.copied += 1;
     }
     Ok(staged)
@@ -180,7 +153,9 @@ fn shared_link(rel: &str) -> String {
     format!("{}../../shared/{rel}", "../".repeat(depth))
 }
 
-/// `.env`, shared files and dirs, `.venv` and `REVISION`.
+/// Shared files and dirs, `.venv` and `REVISION`. Shared paths live in the app user's
+/// `shared/`: they are created through its descriptor, exclusively and never through a symlink,
+/// and whatever the app user already put at a shared path is left as it is.
 fn link_release(
     store: &Store,
     release: &Release,
@@ -188,59 +163,75 @@ fn link_release(
     staging: &Path,
     log: &Log,
 ) -> anyhow::Result<()> {
-    let env = staging.join(".env");
-    if store.shared().join(".env").exists() {
-        symlink("../../shared/.env", &env)?;
-        store.own(&env)?;
-        log.info(".env links to shared/.env");
-    } else {
-        let sample = fs::read(staging.join(layout::SAMPLE_ENV))?;
-        write_atomic(&env, &sample, 0o600)?;
-        store.own(&env)?;
-        log.info(".env installed from configs/sample.env with mode 0600 (create shared/.env to keep one across releases)");
-    }
+    let app = store.app_ids();
     for rel in &release.shared_files {
-        let (shared, in_release) = (store.shared().join(rel.as_str()), staging.join(rel.as_str()));
-        if !shared.exists() {
-            if in_release.is_file() {
-                ensure_parents(store, &store.shared(), rel.as_str())?;
-                fs::copy(&in_release, &shared)?;
-                store.own(&shared)?;
-                log.info(format!("shared/{rel} seeded from the release"));
-            } else {
+        let in_release = staging.join(rel.as_str());
+        let (parent, name) = shared_parent(store, rel.as_str())?;
+        if parent.stat_at(&name)?.is_none() {
+            if !fs::symlink_metadata(&in_release).is_ok_and(|m| m.is_file()) {
                 bail!(
                     "shared file shared/{rel} does not exist and the release has none to seed it; create it"
                 );
             }
+            let data = fsx::read_trusted(&in_release, 1 << 30)?;
+            match parent.create_new(&name, 0o640) {
+                Ok(mut file) => {
+                    file.write_all(&data)?;
+                    // SAFETY: fchown on the file we just created.
+                    if unsafe { libc::fchown(file.as_raw_fd(), app.uid, app.gid) } != 0 {
+                        return Err(io::Error::last_os_error())
+                            .context(format!("cannot set the owner of shared/{rel}"));
+                    }
+                    log.info(format!("shared/{rel} seeded from the release"));
+                }
+                // Made by the app user in between: theirs, as it would have been a moment later.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e).with_context(|| format!("cannot create shared/{rel}")),
+            }
         }
-        ensure_parents(store, staging, rel.as_str())?;
+        ensure_parents(staging, rel.as_str())?;
         remove_any(&in_release)?;
         symlink(shared_link(rel.as_str()), &in_release)?;
-        store.own(&in_release)?;
     }
     for rel in &release.shared_dirs {
-        let (shared, in_release) = (store.shared().join(rel.as_str()), staging.join(rel.as_str()));
-        ensure_parents(store, &store.shared(), rel.as_str())?;
-        store.mkdir(&shared, 0o750)?;
-        ensure_parents(store, staging, rel.as_str())?;
+        let in_release = staging.join(rel.as_str());
+        let (parent, name) = shared_parent(store, rel.as_str())?;
+        parent.ensure_dir(&name, 0o750, app.uid, app.gid)?;
+        ensure_parents(staging, rel.as_str())?;
         remove_any(&in_release)?;
         symlink(shared_link(rel.as_str()), &in_release)?;
-        store.own(&in_release)?;
     }
-    let venv_link = staging.join(".venv");
-    symlink(format!("../../venvs/{}", release.venv_key), &venv_link)?;
-    store.own(&venv_link)?;
-    let rev_file = staging.join("REVISION");
-    write_atomic(&rev_file, format!("{revision}\n").as_bytes(), 0o644)?;
-    store.own(&rev_file)?;
+    symlink(format!("../../venvs/{}", release.venv_key), staging.join(".venv"))?;
+    write_atomic(&staging.join("REVISION"), format!("{revision}\n").as_bytes(), 0o644)?;
     Ok(())
 }
 
-fn ensure_parents(store: &Store, base: &Path, rel: &str) -> anyhow::Result<()> {
+/// The directory holding the shared path `rel` (created as the app user's where missing, never
+/// through a symlink) and the last component's name.
+fn shared_parent(store: &Store, rel: &str) -> anyhow::Result<(Dir, String)> {
+    let app = store.app_ids();
+    let mut dir = store.shared()?;
+    let mut parts: Vec<&str> = rel.split('/').collect();
+    let name = parts.pop().context("a shared path has a name")?.to_owned();
+    for part in parts {
+        dir = dir.ensure_dir(part, 0o755, app.uid, app.gid)?;
+    }
+    Ok((dir, name))
+}
+
+fn mkdir(path: &Path) -> anyhow::Result<()> {
+    match fs::create_dir(path) {
+        Ok(()) => Ok(fs::set_permissions(path, fs::Permissions::from_mode(0o755))?),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && fs::symlink_metadata(path)?.is_dir() => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot create {}", path.display())),
+    }
+}
+
+fn ensure_parents(base: &Path, rel: &str) -> anyhow::Result<()> {
     let mut dir = base.to_path_buf();
     for part in Path::new(rel).parent().into_iter().flat_map(Path::components) {
         dir.push(part);
-        store.mkdir(&dir, 0o755)?;
+        mkdir(&dir)?;
     }
     Ok(())
 }
@@ -255,76 +246,49 @@ fn remove_any(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads `KEY=VALUE` lines of an EnvironmentFile (comments and blanks skipped, one level of
-/// quotes removed), for the import check and post-install commands.
-pub fn read_env_file(path: &Path) -> Vec<(String, String)> {
-    let Ok(text) = fs::read_to_string(path) else { return Vec::new() };
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'))
-        .filter_map(|l| {
-            let (k, v) = l.split_once('=')?;
-            let v = v.trim();
-            let v = v
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
-                .unwrap_or(v);
-            Some((k.trim().to_owned(), v.to_owned()))
-        })
-        .collect()
-}
-
-/// A command run as the app user in `dir`, the venv first on PATH, the release's .env loaded.
-fn release_command(store: &Store, release: &Release, dir: &Path, program: &str) -> Command {
-    let venv = store.venvs().join(&release.venv_key);
+/// A command run as the app user in `dir` (the path the app user sees), the venv first on
+/// PATH, the environment file's variables set.
+fn release_command(store: &Store, release: &Release, dir: &Path, program: &str) -> anyhow::Result<Command> {
+    let venv = store.app_root.join("venvs").join(&release.venv_key);
     let mut cmd = Command::new(program);
     cmd.env_clear()
-        .envs(read_env_file(&dir.join(".env")))
+        .envs(store.env_vars()?)
         .envs(venv::child_env(store, Some(&venv.join("bin"))))
         .env("VIRTUAL_ENV", &venv)
-        // The release stays as shipped: no __pycache__ written into it.
+        // The release is read-only to the app user: no __pycache__ written into it.
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .current_dir(dir);
-    cmd
+    Ok(cmd)
 }
 
-/// Installs the release's unit into `<root>/etc/systemd/system` when its bytes differ, then
-/// reloads systemd. Returns whether it changed.
-pub fn install_unit(store: &Store, service: &Service, release_dir: &Path, log: &Log) -> anyhow::Result<bool> {
-    let unit = service.unit;
-    let wanted = fs::read(release_dir.join(layout::unit(unit)))
-        .with_context(|| format!("cannot read the unit {unit} of the release"))?;
-    let dest = service.unit_file.clone();
-    let dest_dir = dest.parent().context("a unit file has a directory")?;
-    fs::create_dir_all(dest_dir).with_context(|| format!("cannot create {}", dest_dir.display()))?;
-    let socket_changed = service.install_socket(release_dir, log)?;
-    if fs::read(&dest).ok().as_deref() == Some(wanted.as_slice()) {
-        if socket_changed {
-            service.daemon_reload(log)?;
-        }
-        return Ok(socket_changed);
+/// Writes the root-owned copies of this revision's unit, release.yaml and MANIFEST, from the
+/// archive, into the state directory: rollback and revert install and read those, never the
+/// release directory's.
+fn save_copies(store: &Store, revision: &Revision) -> anyhow::Result<()> {
+    let me = store.me;
+    let dir = store.state.sub_owned("releases", me.uid)?.ensure_dir(&revision.id, 0o700, me.uid, me.gid)?;
+    let unit_name = revision.release.unit.as_str();
+    let unit = fsx::read_trusted(&revision.dir.join(layout::unit(unit_name)), READ_CAP)?;
+    dir.write_atomic(unit_name, &unit, 0o644, None)?;
+    let yaml = fsx::read_trusted(&revision.dir.join(layout::RELEASE_YAML), READ_CAP)?;
+    dir.write_atomic("release.yaml", &yaml, 0o644, None)?;
+    dir.write_atomic("MANIFEST", revision.manifest_text.as_bytes(), 0o644, None)?;
+    if let Some(socket) = revision.release.socket_unit() {
+        let bytes = fsx::read_trusted(&revision.dir.join(layout::unit(&socket)), READ_CAP)?;
+        dir.write_atomic(&socket, &bytes, 0o644, None)?;
     }
-    write_atomic(&dest, &wanted, 0o644)?;
-    if store.owner.is_some() {
-        std::os::unix::fs::lchown(&dest, Some(0), Some(0))?;
-    }
-    log.info(format!("installed {}", dest.display()));
-    service.daemon_reload(log)?;
-    Ok(true)
+    Ok(())
 }
 
 /// Runs AfterInstall for `revision` with the deployment id `deployment_id`; returns the verdict.
 pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -> anyhow::Result<String> {
     let release = &revision.release;
     let rev = revision.id.as_str();
-    let store = log.step("resolve user and app root", |_| open_store(ctx, release))?;
-    log.step("prepare app root", |_| store.ensure_layout())?;
+    let store = log.step("resolve user and app root", |_| Store::open(&ctx.root, release))?;
     let holder =
         format!("pid {} (deployment {deployment_id}, AfterInstall, since {})", std::process::id(), now());
-    let _lock = log.step("lock", |log| {
-        Lock::acquire(&store.app_root.join(".lock"), &holder, lock_wait(), &|m| log.info(m))
-    })?;
+    let _lock = log.step("lock", |log| Lock::acquire(&store, &holder, lock_wait(), &|m| log.info(m)))?;
+    log.step("prepare app root", |log| store.ensure_layout(&|m| log.info(m)))?;
     log.step("clean unfinished", |log| {
         for path in store.clean_unfinished()? {
             log.info(format!("removed {path}, left by an interrupted run"));
@@ -336,12 +300,24 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
         manifest.verify_tree(&revision.dir)?;
         Ok(manifest)
     })?;
-    let journal = Journal::new(&store.app_root);
+    let journal = Journal::new(&store.state)?;
     let records = journal.read()?;
-    let release_dir = store.release(rev);
+    let release_dir = store.release(rev)?;
     let known = matches!(states(&records).get(rev), Some(State::Ready | State::Live | State::Bad))
-        && release_dir.is_dir();
-    let logs_file = store.logs().join(format!("{deployment_id}.log"));
+        && store.has_release(rev);
+    let logs_file = store.state.path.join("logs").join(format!("{deployment_id}.log"));
+    log.step("environment file", |log| {
+        let sample = fsx::read_trusted(&revision.dir.join(layout::SAMPLE_ENV), READ_CAP)?;
+        if store.seed_env(&sample)? {
+            log.info(format!(
+                "{} seeded from configs/sample.env (mode 0600, root's; edit it there, it is kept across releases)",
+                store.state.path.join(crate::store::ENV_FILE).display()
+            ));
+        }
+        Ok(())
+    })?;
+    log.step("save root copies", |_| save_copies(&store, revision))?;
+    let requirements_shown = |dir: &str| store.app_root.join("releases").join(dir).join(layout::REQUIREMENTS);
     let venv_note;
     if known {
         log.info(format!("release {rev} is already built: a flip, not a rebuild"));
@@ -350,43 +326,57 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
             // Its venv was removed by hand: build that again, keep the release as it is.
             log.step("python environment", |log| {
                 let python = PathBuf::from(release.python.as_str());
+                let requirements = fsx::read_trusted(&release_dir.join(layout::REQUIREMENTS), READ_CAP)?;
                 venv::ensure(
                     &store,
                     release,
                     &python,
-                    &release_dir.join(layout::REQUIREMENTS),
+                    &requirements,
+                    &requirements_shown(rev),
                     &logs_file,
                     log,
                 )
             })?;
         }
     } else {
-        if release_dir.exists() {
-            // Renamed into place but never recorded: a crash between the two. Build it again.
-            fs::remove_dir_all(&release_dir)?;
-        }
-        let staging = store.releases().join(format!("{STAGING_PREFIX}{rev}-{}", std::process::id()));
+        let releases = store.dir.sub_owned("releases", store.me.uid)?;
+        // Renamed into place but never recorded: a crash between the two. Build it again.
+        releases.remove(rev)?;
+        let staging_name = format!("{STAGING_PREFIX}{rev}-{}", std::process::id());
+        let staging = store.releases().join(&staging_name);
+        let staging_shown = store.app_root.join("releases").join(&staging_name);
         let guard = venv::RemoveOnDrop(Some(staging.clone()));
         let built = (|| -> anyhow::Result<&'static str> {
             log.step("stage release", |log| {
-                store.mkdir(&staging, 0o755)?;
+                releases.ensure_dir(&staging_name, 0o755, store.me.uid, store.me.gid)?;
                 let staged = stage_files(&store, revision, &manifest, &staging, Stage::from_env())?;
                 link_release(&store, release, rev, &staging, log)?;
                 log.info(format!(
                     "{} files linked and {} copied into {}",
                     staged.linked,
                     staged.copied,
-                    staging.display()
+                    staging_shown.display()
                 ));
                 Ok(())
             })?;
             let outcome = log.step("python environment", |log| {
                 let python = PathBuf::from(release.python.as_str());
-                venv::ensure(&store, release, &python, &staging.join(layout::REQUIREMENTS), &logs_file, log)
+                let requirements = fsx::read_trusted(&staging.join(layout::REQUIREMENTS), READ_CAP)?;
+                venv::ensure(
+                    &store,
+                    release,
+                    &python,
+                    &requirements,
+                    &requirements_shown(&staging_name),
+                    &logs_file,
+                    log,
+                )
             })?;
             log.step("import check", |_| {
-                let module = release_module(&staging)?;
-                let mut cmd = release_command(&store, release, &staging, "python");
+                let unit_text =
+                    fsx::read_trusted(&revision.dir.join(layout::unit(release.unit.as_str())), READ_CAP)?;
+                let module = unit::asgi_module(&String::from_utf8_lossy(&unit_text))?;
+                let mut cmd = release_command(&store, release, &staging_shown, "python")?;
                 cmd.args([
                     "-c",
                     "import importlib, sys; import hypercorn; importlib.import_module(sys.argv[1])",
@@ -404,7 +394,7 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
             })?;
             for post in &release.post_install {
                 log.step(&format!("post-install {}", post.name), |_| {
-                    let mut cmd = release_command(&store, release, &staging, post.run[0].as_str());
+                    let mut cmd = release_command(&store, release, &staging_shown, post.run[0].as_str())?;
                     cmd.args(post.run[1..].iter().map(|a| a.as_str()))
                         .env("DEPLOY_REVISION", rev)
                         .env("DEPLOYMENT_ID", deployment_id);
@@ -419,10 +409,8 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
                 })?;
             }
             log.step("mark ready", |_| {
-                fs::rename(&staging, &release_dir).with_context(|| {
-                    format!("cannot rename {} to {}", staging.display(), release_dir.display())
-                })?;
-                fsync_dir(&store.releases())?;
+                releases.rename(&staging_name, &releases, rev)?;
+                releases.fsync()?;
                 Ok(())
             })?;
             Ok(match outcome {
@@ -448,7 +436,15 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
         }
     }
     let service = ctx.service(release, &store);
-    log.step("install unit", |log| install_unit(&store, &service, &release_dir, log))?;
+    log.step("install unit", |log| {
+        // From the archive the agent extracted as root: never from the release directory.
+        let wanted = fsx::read_trusted(&revision.dir.join(layout::unit(release.unit.as_str())), READ_CAP)?;
+        let socket = match release.socket_unit() {
+            Some(socket) => Some(fsx::read_trusted(&revision.dir.join(layout::unit(&socket)), READ_CAP)?),
+            None => None,
+        };
+        unit::install(&service, &wanted, socket.as_deref(), log)
+    })?;
     let previous = store.current_revision();
     let switched = log.step("switch current", |log| store.switch_current(rev, &|m| log.info(m)))?;
     let last_live = records.iter().rev().find(|r| r.state == State::Live);
@@ -477,24 +473,6 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
             "after-install ok: revision {rev} live (deployment {deployment_id}) in {secs:.1}s, {venv_note}{from}"
         )
     })
-}
-
-/// The module of the service's ASGI app, from the rendered unit's last ExecStart word.
-fn release_module(staging: &Path) -> anyhow::Result<String> {
-    let hypercorn = staging.join("configs");
-    for entry in fs::read_dir(&hypercorn)? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "service") {
-            let text = fs::read_to_string(&path)?;
-            if let Some(exec) = text.lines().find_map(|l| l.strip_prefix("ExecStart=")) {
-                let last = exec.rsplit(' ').next().unwrap_or("").trim_matches('"');
-                if let Some((module, _)) = last.split_once(':') {
-                    return Ok(module.to_owned());
-                }
-            }
-        }
-    }
-    bail!("cannot find the ASGI app in the release's unit")
 }
 
 fn record(deployment_id: &str, rev: &str, state: State, log: &Log, release: &Release) -> Record {

@@ -4,7 +4,10 @@
 use std::{
     fs,
     io::{BufRead, BufReader, Seek, SeekFrom},
-    os::unix::process::{CommandExt, ExitStatusExt},
+    os::unix::{
+        fs::OpenOptionsExt,
+        process::{CommandExt, ExitStatusExt},
+    },
     path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -32,6 +35,8 @@ pub fn run(mut cmd: Command, spawn: Spawn<'_>) -> anyhow::Result<()> {
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(spawn.log)
         .with_context(|| format!("cannot open {}", spawn.log.display()))?;
     let start_offset = log.metadata().map(|m| m.len()).unwrap_or(0);

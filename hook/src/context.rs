@@ -80,7 +80,7 @@ impl Ctx {
             socket_file: self.host("/etc/systemd/system").join(&socket_name),
             socket_changed: self.host("/run/deploy-hook").join(format!("{socket_name}.changed")),
             socket: socket_name,
-            supervisor: Supervisor { root: self.root.clone(), app_root: store.app_root.clone() },
+            supervisor: Supervisor { root: self.root.clone(), state: store.state.path.clone() },
         }
     }
 }

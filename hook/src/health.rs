@@ -6,32 +6,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, bail, format_err};
+use anyhow::{bail, format_err};
 use packaging::config::Health;
 
 use crate::util::{Log, check_interrupted};
 
-/// Splits `http://host[:port]/path` into `host:port` and `/path`.
-fn split_url(url: &str) -> anyhow::Result<(String, String, String)> {
-    let rest = url.strip_prefix("http://").context("only http:// URLs")?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let addr = match authority.strip_prefix('[').and_then(|v6| v6.split_once(']')) {
-        Some((_, "")) => format!("{authority}:80"),
-        Some((_, port)) if port.starts_with(':') => authority.to_owned(),
-        Some(_) => bail!("{url}: bad IPv6 address"),
-        None if authority.contains(':') => authority.to_owned(),
-        None => format!("{authority}:80"),
-    };
-    let host = authority.to_owned();
-    Ok((addr, host, path.to_owned()))
-}
-
 /// One GET; returns the status code and the start of the body.
 pub fn get(url: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
-    let (addr, host, path) = split_url(url)?;
+    let packaging::HttpUrl { addr, host, path } =
+        packaging::HttpUrl::parse(url).map_err(anyhow::Error::msg)?;
     let sockaddr = addr.to_socket_addrs()?.next().ok_or_else(|| format_err!("{addr} resolves to nothing"))?;
     let mut stream = TcpStream::connect_timeout(&sockaddr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
@@ -80,16 +63,18 @@ pub fn wait_healthy(health: &Health, log: &Log) -> anyhow::Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::split_url;
+    use packaging::HttpUrl;
 
     #[test]
     fn urls() {
+        let url = HttpUrl::parse("http://127.0.0.1:8000/healthz").unwrap();
         assert_eq!(
-            split_url("http://127.0.0.1:8000/healthz").unwrap(),
-            ("127.0.0.1:8000".into(), "127.0.0.1:8000".into(), "/healthz".into())
+            (url.addr.as_str(), url.host.as_str(), url.path.as_str()),
+            ("127.0.0.1:8000", "127.0.0.1:8000", "/healthz")
         );
-        assert_eq!(split_url("http://localhost").unwrap().0, "localhost:80");
-        assert_eq!(split_url("http://[::1]:9000/h").unwrap().0, "[::1]:9000");
-        assert_eq!(split_url("http://[::1]/h").unwrap().0, "[::1]:80");
+        assert_eq!(HttpUrl::parse("http://localhost").unwrap().addr, "localhost:80");
+        assert_eq!(HttpUrl::parse("http://[::1]:9000/h").unwrap().addr, "[::1]:9000");
+        assert_eq!(HttpUrl::parse("http://[::1]/h").unwrap().addr, "[::1]:80");
+        assert!(HttpUrl::parse("https://x/").is_err());
     }
 }

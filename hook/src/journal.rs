@@ -1,15 +1,16 @@
-//! `<app_root>/journal.jsonl`: the append-only record of deployments and release states, and the
+//! `journal.jsonl` in the state directory: the append-only record of deployments and release states, and the
 //! only source of order (never file times).
 
 use std::{
     collections::BTreeMap,
-    fs,
     io::{BufRead, BufReader, Write},
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
+
+use crate::fsx::Dir;
 
 /// A release's state, as the last record for its revision says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,22 +76,22 @@ impl Record {
 
 /// The journal file.
 pub struct Journal {
+    dir: Dir,
     path: PathBuf,
 }
 
+/// The journal's name in the state directory.
+const NAME: &str = "journal.jsonl";
+
 impl Journal {
-    /// The journal of the app root `app_root`.
-    pub fn new(app_root: &Path) -> Journal {
-        Journal { path: app_root.join("journal.jsonl") }
+    /// The journal in the state directory `state`.
+    pub fn new(state: &Dir) -> anyhow::Result<Journal> {
+        Ok(Journal { dir: state.try_clone()?, path: state.path.join(NAME) })
     }
 
     /// Every record, oldest first. A torn last line (a crash mid-write) is skipped.
     pub fn read(&self) -> anyhow::Result<Vec<Record>> {
-        let file = match fs::File::open(&self.path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", self.path.display())),
-        };
+        let Some(file) = self.dir.open_read(NAME)? else { return Ok(Vec::new()) };
         let mut out = Vec::new();
         for line in BufReader::new(file).lines() {
             let line = line.with_context(|| format!("cannot read {}", self.path.display()))?;
@@ -105,12 +106,7 @@ impl Journal {
     pub fn append(&self, record: &Record) -> anyhow::Result<()> {
         let mut line = serde_json::to_string(record)?;
         line.push('\n');
-        let mut file = fs::OpenOptions::new()
-            .read(true)
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .with_context(|| format!("cannot open {}", self.path.display()))?;
+        let mut file = self.dir.open_file(NAME, libc::O_RDWR | libc::O_APPEND | libc::O_CREAT, 0o600)?;
         // A torn line from a crash must not glue itself to this one.
         if file.metadata()?.len() > 0 {
             let mut last = [0u8];

@@ -1,20 +1,19 @@
 //! The other lifecycle events (ApplicationStop, BeforeInstall, ApplicationStart,
 //! ValidateService) and the commands run outside CodeDeploy (status, rollback, prune).
 
-use std::{collections::BTreeMap, fs, path::Path, time::Duration};
+use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use anyhow::{Context, bail, format_err};
-use packaging::{Manifest, config::Release, layout};
+use packaging::{Manifest, config::Release};
 use serde::Serialize;
 
 use crate::{
-    after_install::{install_unit, lock_wait, open_store, read_store},
     context::{Ctx, Revision},
     health,
     journal::{Journal, Record, State, live_history, states},
     prune,
-    store::{Lock, Store, VENV_COMPLETE},
-    users,
+    store::{Lock, READ_CAP, Store, VENV_COMPLETE, is_revision, lock_wait},
+    unit, users,
     util::{Log, now},
 };
 
@@ -28,7 +27,7 @@ const SPACE_MARGIN: u64 = 100 << 20;
 pub fn application_stop(ctx: &Ctx, revision: &Revision, log: &Log) -> String {
     let release = &revision.release;
     let res = (|| -> anyhow::Result<String> {
-        let store = open_store(ctx, release)?;
+        let store = Store::open(&ctx.root, release)?;
         let service = ctx.service(release, &store);
         if !service.exists() {
             return Ok(format!("application-stop ok: {} is not installed, nothing to stop", release.unit));
@@ -81,11 +80,11 @@ pub fn before_install(ctx: &Ctx, revision: &Revision, log: &mut Log) -> anyhow::
         }
         Ok(())
     })?;
-    let store = open_store(ctx, release)?;
+    let store = Store::open(&ctx.root, release)?;
     let (free, need) = log.step("free space", |_| {
         let manifest = Manifest::parse(&revision.manifest_text)?;
         let files: u64 = manifest.entries.iter().map(|e| e.size).sum();
-        let venv_ready = store.venvs().join(&release.venv_key).join(VENV_COMPLETE).exists();
+        let venv_ready = store.venvs().join(&release.venv_key).join(VENV_COMPLETE).is_file();
         let need = files + if venv_ready { 0 } else { VENV_ESTIMATE } + SPACE_MARGIN;
         let (free, on) = free_space(&store.app_root)?;
         if free < need {
@@ -101,11 +100,11 @@ pub fn before_install(ctx: &Ctx, revision: &Revision, log: &mut Log) -> anyhow::
         }
         Ok((free, need))
     })?;
-    log.step("prepare app root", |_| store.ensure_layout())?;
     let mut cleaned = 0;
     let holder = format!("pid {} (BeforeInstall, since {})", std::process::id(), now());
-    match Lock::acquire(&store.app_root.join(".lock"), &holder, Duration::ZERO, &|_| {}) {
+    match Lock::acquire(&store, &holder, Duration::ZERO, &|_| {}) {
         Ok(_lock) => {
+            log.step("prepare app root", |log| store.ensure_layout(&|m| log.info(m)))?;
             log.step("clean unfinished", |log| {
                 for path in store.clean_unfinished()? {
                     log.info(format!("removed {path}, left by an interrupted run"));
@@ -132,7 +131,7 @@ pub fn before_install(ctx: &Ctx, revision: &Revision, log: &mut Log) -> anyhow::
 /// ApplicationStart: enable the unit when it is not, then restart it.
 pub fn application_start(ctx: &Ctx, revision: &Revision, log: &mut Log) -> anyhow::Result<String> {
     let release = &revision.release;
-    let store = open_store(ctx, release)?;
+    let store = Store::open(&ctx.root, release)?;
     let service = ctx.service(release, &store);
     if !service.exists() {
         bail!("{} is not installed in {}; did AfterInstall run?", release.unit, service.unit_file.display());
@@ -147,18 +146,36 @@ pub fn application_start(ctx: &Ctx, revision: &Revision, log: &mut Log) -> anyho
     ))
 }
 
-/// The release config of a release directory.
+/// The release config of a release, from its root-owned copy (never the release directory).
 fn release_of(store: &Store, revision: &str) -> anyhow::Result<Release> {
-    let path = store.release(revision).join(layout::RELEASE_YAML);
-    let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(Release::parse(&path, &text)?)
+    let copies = store.copies(revision).with_context(|| {
+        format!("{revision} has no root-owned copy of its release.yaml and unit; deploy it again instead")
+    })?;
+    let path = copies.path.join("release.yaml");
+    let text =
+        copies.read("release.yaml", READ_CAP)?.with_context(|| format!("{} is missing", path.display()))?;
+    Ok(Release::parse(&path, &String::from_utf8_lossy(&text))?)
 }
 
 /// Points the host at `target`: its unit, `current`, a restart, then its health check.
 fn switch_to(ctx: &Ctx, store: &Store, target: &str, log: &mut Log) -> anyhow::Result<()> {
     let release = release_of(store, target)?;
     let service = ctx.service(&release, store);
-    log.step("install unit", |log| install_unit(store, &service, &store.release(target), log))?;
+    log.step("install unit", |log| {
+        let copies = store.copies(target)?;
+        let wanted = copies
+            .read(release.unit.as_str(), READ_CAP)?
+            .with_context(|| format!("{} has no copy of {}", copies.path.display(), release.unit))?;
+        let socket = match release.socket_unit() {
+            Some(socket) => Some(
+                copies
+                    .read(&socket, READ_CAP)?
+                    .with_context(|| format!("{} has no copy of {socket}", copies.path.display()))?,
+            ),
+            None => None,
+        };
+        unit::install(&service, &wanted, socket.as_deref(), log)
+    })?;
     log.step("switch current", |log| store.switch_current(target, &|m| log.info(m)))?;
     log.step("restart", |log| service.restart(log))?;
     log.step("health check", |log| health::wait_healthy(&release.health, log))?;
@@ -171,7 +188,7 @@ fn previous_good(store: &Store, records: &[Record], not: &str) -> Option<String>
     live_history(records)
         .into_iter()
         .filter(|r| *r != not)
-        .find(|r| matches!(state_of.get(r), Some(State::Ready | State::Live)) && store.release(r).is_dir())
+        .find(|r| matches!(state_of.get(r), Some(State::Ready | State::Live)) && store.has_release(r))
         .map(str::to_owned)
 }
 
@@ -184,9 +201,9 @@ pub fn validate_service(
     log: &mut Log,
 ) -> anyhow::Result<String> {
     let release = &revision.release;
-    let store = open_store(ctx, release)?;
+    let store = Store::open(&ctx.root, release)?;
     let service = ctx.service(release, &store);
-    let journal = Journal::new(&store.app_root);
+    let journal = Journal::new(&store.state)?;
     let current = store.current_revision().context("current points at no release; did AfterInstall run?")?;
     let cause = match log.step("health check", |log| health::wait_healthy(&release.health, log)) {
         Ok(_) => {
@@ -206,7 +223,7 @@ pub fn validate_service(
     }
     let holder =
         format!("pid {} (deployment {deployment_id}, ValidateService, since {})", std::process::id(), now());
-    let _lock = Lock::acquire(&store.app_root.join(".lock"), &holder, lock_wait(), &|m| log.info(m))?;
+    let _lock = Lock::acquire(&store, &holder, lock_wait(), &|m| log.info(m))?;
     let records = journal.read()?;
     journal.append(
         &Record::new(deployment_id, &current, "ValidateService", State::Bad).message(cause.clone()),
@@ -237,10 +254,10 @@ pub fn rollback(
     force: bool,
     log: &mut Log,
 ) -> anyhow::Result<String> {
-    let store = open_store(ctx, &revision.release)?;
+    let store = Store::open(&ctx.root, &revision.release)?;
     let holder = format!("pid {} (rollback, since {})", std::process::id(), now());
-    let _lock = Lock::acquire(&store.app_root.join(".lock"), &holder, lock_wait(), &|m| log.info(m))?;
-    let journal = Journal::new(&store.app_root);
+    let _lock = Lock::acquire(&store, &holder, lock_wait(), &|m| log.info(m))?;
+    let journal = Journal::new(&store.state)?;
     let records = journal.read()?;
     let current = store.current_revision();
     let target = match to {
@@ -248,14 +265,14 @@ pub fn rollback(
         None => previous_good(&store, &records, current.as_deref().unwrap_or(""))
             .context("no previous good release to roll back to; name one with --to")?,
     };
-    if target.contains('/') || target.starts_with('.') {
-        bail!("{target:?} is not a release name");
+    if !is_revision(&target) {
+        bail!("{target:?} is not a release name (r- and 16 hex digits, as status lists them)");
     }
     let state = states(&records).get(target.as_str()).copied();
-    let complete = store.release(&target).join("REVISION").is_file();
+    let complete = store.release(&target)?.join("REVISION").is_file();
     match state {
         _ if !complete && !force => {
-            bail!("{target} is not a complete release in {}", store.releases().display())
+            bail!("{target} is not a complete release in {}", store.app_root.join("releases").display())
         }
         Some(State::Bad | State::Failed) if !force => {
             bail!("{target} is marked {:?}; pass --force to go back to it anyway", state.unwrap())
@@ -277,11 +294,11 @@ pub fn rollback(
 
 /// `deploy-hook prune [--keep N]`.
 pub fn prune_cmd(ctx: &Ctx, revision: &Revision, keep: Option<u32>, log: &mut Log) -> anyhow::Result<String> {
-    let store = open_store(ctx, &revision.release)?;
+    let store = Store::open(&ctx.root, &revision.release)?;
     let holder = format!("pid {} (prune, since {})", std::process::id(), now());
-    let _lock = Lock::acquire(&store.app_root.join(".lock"), &holder, lock_wait(), &|m| log.info(m))?;
+    let _lock = Lock::acquire(&store, &holder, lock_wait(), &|m| log.info(m))?;
     let keep = keep.unwrap_or(revision.release.keep_releases).max(1);
-    let removed = prune::prune(&store, &Journal::new(&store.app_root), keep, log)?;
+    let removed = prune::prune(&store, &Journal::new(&store.state)?, keep, log)?;
     Ok(format!(
         "prune ok: {} releases removed, keeping {keep} good ones plus the current and previous",
         removed.len()
@@ -317,8 +334,9 @@ struct Status {
 /// `deploy-hook status [--json]`.
 pub fn status(ctx: &Ctx, revision: &Revision, json: bool) -> anyhow::Result<String> {
     let release = &revision.release;
-    let store = read_store(ctx, release);
-    let records = Journal::new(&store.app_root).read()?;
+    let store =
+        Store::open(&ctx.root, release).context("status reads the root-owned journal: run it as root")?;
+    let records = Journal::new(&store.state)?.read()?;
     let current = store.current_revision();
     let previous =
         live_history(&records).into_iter().find(|r| Some(*r) != current.as_deref()).map(str::to_owned);
@@ -327,7 +345,7 @@ pub fn status(ctx: &Ctx, revision: &Revision, json: bool) -> anyhow::Result<Stri
         let entry = by_rev.entry(&r.revision).or_insert_with(|| ReleaseStatus {
             revision: r.revision.clone(),
             state: None,
-            on_disk: store.release(&r.revision).is_dir(),
+            on_disk: store.has_release(&r.revision),
             deployment_ids: Vec::new(),
             first_seen: r.time.clone(),
             last_change: r.time.clone(),

@@ -89,7 +89,8 @@ fn bind_all(spec: &SocketSpec, root: &Path) -> anyhow::Result<Vec<OwnedFd>> {
             let listener =
                 UnixListener::bind(&path).with_context(|| format!("cannot listen on {}", path.display()))?;
             fs::set_permissions(&path, fs::Permissions::from_mode(spec.mode))?;
-            if crate::after_install::is_root()
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } == 0
                 && let Some(user) = &spec.user
             {
                 let ids = users::resolve(root, user, spec.group.as_deref().unwrap_or(user))?;
@@ -138,8 +139,8 @@ impl Holder {
         let pid: i32 = parts.next()?.parse().ok()?;
         let start = parts.next()?;
         let print = parts.next()?.to_owned();
-        let (now, state) = crate::process::proc_stat(pid)?;
-        (now == start && state != 'Z' && state != 'X').then_some((pid, print))
+        let stat = crate::process::proc_stat(pid)?;
+        (pid > 1 && stat.start == start && !"ZX".contains(stat.state)).then_some((pid, print))
     }
 
     /// True when a holder runs with the sockets of `socket_file` as it is now.
@@ -245,7 +246,7 @@ pub fn holder_main(root: &Path, socket_file: &Path, control: &Path, pidfile: &Pa
     };
     fs::set_permissions(control, fs::Permissions::from_mode(0o600))?;
     let pid = std::process::id() as i32;
-    let (start, _) = crate::process::proc_stat(pid).context("cannot read this process's start time")?;
+    let start = crate::process::proc_stat(pid).context("cannot read this process's start time")?.start;
     fs::write(pidfile, format!("{pid} {start} {}\n", fingerprint(&text)))?;
     let spec = SocketSpec::parse(&text);
     writeln!(stdout, "listening {}", spec.listen.join(" "))?;

@@ -1,27 +1,43 @@
 //! The `process` service manager: runs a unit's ExecStart as the unit's user, in a session of
 //! its own, detached from the hook's stdout and stderr (the agent fails a hook whose children
-//! keep them open), with a pidfile and a log file under the app root.
+//! keep them open), with a pidfile and a log file in the root-owned state directory.
+//!
+//! The pidfile is trusted only as far as the process it names still matches it: the same start
+//! time, real uid and executable, and the leader of its own process group. Pid 1 and below are
+//! never signalled, and a group is signalled only when its leader is the process started here.
 
 use std::{
     ffi::OsString,
     fs,
-    io::{BufRead, BufReader},
-    os::{fd::OwnedFd, unix::process::CommandExt},
+    os::{
+        fd::OwnedFd,
+        unix::{fs::OpenOptionsExt, process::CommandExt},
+    },
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
+use packaging::layout;
 
-use crate::{after_install::read_env_file, users, util::Log};
+use crate::{env_file, fsx, store::write_atomic, users, util::Log};
 
 /// Where the supervisor keeps its files, and the sandbox root that unit paths live under.
 pub struct Supervisor {
     /// `--root`.
     pub root: PathBuf,
-    /// The app root on the host.
-    pub app_root: PathBuf,
+    /// The state directory on the host (root-owned, 0700).
+    pub state: PathBuf,
+}
+
+/// What the pidfile records of the service's main process.
+#[derive(Debug, PartialEq)]
+struct Tracked {
+    pid: i32,
+    start: String,
+    uid: u32,
+    exe: String,
 }
 
 /// The parts of a unit the supervisor needs.
@@ -121,36 +137,91 @@ impl UnitSpec {
     }
 }
 
-/// `/proc/<pid>/stat`'s start time and state, or None when the process is gone.
-pub(crate) fn proc_stat(pid: i32) -> Option<(String, char)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// The fields of `/proc/<pid>/stat` the hook uses.
+#[derive(Debug, PartialEq)]
+pub struct ProcStat {
+    /// One letter: R, S, D, Z, X…
+    pub state: char,
+    /// The process group.
+    pub pgrp: i32,
+    /// Start time, in clock ticks since boot, as text.
+    pub start: String,
+}
+
+/// Parses `/proc/<pid>/stat` (the command name may hold spaces and parentheses: the fields
+/// start after the last `)`).
+pub fn parse_stat(stat: &str) -> Option<ProcStat> {
     let after = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let state = fields.first()?.chars().next()?;
-    Some((fields.get(19)?.to_string(), state))
+    Some(ProcStat {
+        state: fields.first()?.chars().next()?,
+        pgrp: fields.get(2)?.parse().ok()?,
+        start: fields.get(19)?.to_string(),
+    })
+}
+
+/// `/proc/<pid>/stat`, or None when the process is gone.
+pub fn proc_stat(pid: i32) -> Option<ProcStat> {
+    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The real uid of a process, from `/proc/<pid>/status`.
+fn proc_uid(pid: i32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.parse().ok()
+}
+
+fn proc_exe(pid: i32) -> Option<String> {
+    Some(fs::read_link(format!("/proc/{pid}/exe")).ok()?.to_str()?.to_owned())
+}
+
+impl Tracked {
+    fn of(pid: i32) -> Option<Tracked> {
+        Some(Tracked { pid, start: proc_stat(pid)?.start, uid: proc_uid(pid)?, exe: proc_exe(pid)? })
+    }
+
+    fn parse(text: &str) -> Option<Tracked> {
+        let mut words = text.trim().splitn(4, ' ');
+        let pid = words.next()?.parse().ok()?;
+        let start = words.next()?.to_owned();
+        let uid = words.next()?.parse().ok()?;
+        let exe = words.next()?.to_owned();
+        Some(Tracked { pid, start, uid, exe })
+    }
+
+    /// True while the process it names is the one it recorded, alive, and the leader of its
+    /// own group: never pid 1 or below.
+    fn alive(&self) -> bool {
+        self.pid > 1
+            && proc_stat(self.pid)
+                .is_some_and(|s| s.start == self.start && s.pgrp == self.pid && !"ZX".contains(s.state))
+            && proc_uid(self.pid) == Some(self.uid)
+            && proc_exe(self.pid).as_deref() == Some(self.exe.as_str())
+    }
 }
 
 impl Supervisor {
     fn pidfile(&self) -> PathBuf {
-        self.app_root.join("service.pid")
+        self.state.join(layout::STATE_PIDFILE)
     }
 
     /// The log file the service writes to.
     pub fn log_file(&self) -> PathBuf {
-        self.app_root.join("logs/service.log")
+        self.state.join("service.log")
     }
 
     fn host(&self, abs: &str) -> PathBuf {
         self.root.join(abs.trim_start_matches('/'))
     }
 
-    /// The running service's pid, checked against its recorded start time.
+    fn tracked(&self) -> Option<Tracked> {
+        let text = fsx::read_trusted(&self.pidfile(), 4096).ok()?;
+        Tracked::parse(&String::from_utf8_lossy(&text)).filter(Tracked::alive)
+    }
+
+    /// The running service's pid, checked against its recorded start time, uid and executable.
     pub fn running(&self) -> Option<i32> {
-        let text = fs::read_to_string(self.pidfile()).ok()?;
-        let (pid, start) = text.trim().split_once(' ')?;
-        let pid: i32 = pid.parse().ok()?;
-        let (now_start, state) = proc_stat(pid)?;
-        (now_start == start && state != 'Z' && state != 'X').then_some(pid)
+        self.tracked().map(|t| t.pid)
     }
 
     /// `active (pid N)` or `inactive`.
@@ -168,9 +239,8 @@ impl Supervisor {
 
     /// Starts the unit's ExecStart with `listen` as fd 3 onward (socket activation).
     pub fn start_with(&self, unit_file: &Path, listen: &[OwnedFd], log: &Log) -> anyhow::Result<()> {
-        let text =
-            fs::read_to_string(unit_file).with_context(|| format!("cannot read {}", unit_file.display()))?;
-        let spec = UnitSpec::parse(&text);
+        let text = fsx::read_trusted(unit_file, 1 << 20)?;
+        let spec = UnitSpec::parse(&String::from_utf8_lossy(&text));
         let Some(program) = spec.exec.first() else { bail!("{}: no ExecStart", unit_file.display()) };
         let program_path = if program.starts_with('/') { self.host(program) } else { PathBuf::from(program) };
         let mut cmd = Command::new(&program_path);
@@ -178,10 +248,15 @@ impl Supervisor {
             vec![("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()), ("LANG".into(), "C.UTF-8".into())];
         for (file, optional) in &spec.environment_files {
             let path = self.host(file);
-            if !optional && !path.exists() {
-                bail!("EnvironmentFile {} does not exist", path.display());
+            match fsx::read_trusted(&path, 4 << 20) {
+                Ok(text) => env.extend(
+                    env_file::parse(&String::from_utf8_lossy(&text))
+                        .into_iter()
+                        .map(|(k, v)| (k.into(), v.into())),
+                ),
+                Err(_) if *optional && !path.exists() => {}
+                Err(err) => return Err(err.context(format!("EnvironmentFile {file}"))),
             }
-            env.extend(read_env_file(&path).into_iter().map(|(k, v)| (k.into(), v.into())));
         }
         env.extend(spec.environment.iter().map(|(k, v)| (k.into(), v.into())));
         cmd.args(&spec.exec[1..]).env_clear().envs(env.iter().map(|(k, v)| (k, v)));
@@ -191,14 +266,24 @@ impl Supervisor {
                 .with_context(|| format!("WorkingDirectory {dir} does not exist"))?;
             cmd.current_dir(dir);
         }
-        if crate::after_install::is_root()
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0
             && let Some(user) = &spec.user
         {
             let ids = users::resolve(&self.root, user, spec.group.as_deref().unwrap_or(user))?;
             cmd.uid(ids.uid).gid(ids.gid);
         }
         let log_file = self.log_file();
-        let out = fs::OpenOptions::new().create(true).append(true).open(&log_file)?;
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&log_file)
+            .with_context(|| format!("cannot open {}", log_file.display()))?;
+        if !out.metadata()?.is_file() {
+            bail!("{} is not a regular file", log_file.display());
+        }
         cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
         // SAFETY: setsid is async-signal-safe.
         unsafe {
@@ -214,8 +299,12 @@ impl Supervisor {
         }
         let child = cmd.spawn().with_context(|| format!("cannot start {program}"))?;
         let pid = child.id() as i32;
-        let (start, _) = proc_stat(pid).context("the service exited at once")?;
-        fs::write(self.pidfile(), format!("{pid} {start}\n"))?;
+        let tracked = Tracked::of(pid).context("the service exited at once")?;
+        write_atomic(
+            &self.pidfile(),
+            format!("{pid} {} {} {}\n", tracked.start, tracked.uid, tracked.exe).as_bytes(),
+            0o600,
+        )?;
         log.info(format!("started {program} as process {pid}; output in {}", log_file.display()));
         Ok(())
     }
@@ -229,18 +318,21 @@ impl Supervisor {
             let _ = fs::remove_file(self.pidfile());
             return Ok(());
         };
-        // SAFETY: plain syscalls on the process and group the supervisor created.
+        // `running` checked it: pid > 1, the leader of the group the supervisor created. Only
+        // the main process gets SIGTERM, as with systemd's KillMode=mixed.
+        // SAFETY: plain syscalls on that process and its group.
         unsafe { libc::kill(pid, libc::SIGTERM) };
-        let grace = fs::read_to_string(unit_file).ok().and_then(|text| UnitSpec::parse(&text).stop_timeout);
+        let grace = fsx::read_trusted(unit_file, 1 << 20)
+            .ok()
+            .and_then(|text| UnitSpec::parse(&String::from_utf8_lossy(&text)).stop_timeout);
         let grace = Duration::from_secs(grace.unwrap_or(20));
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline && self.running().is_some() {
             unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
             std::thread::sleep(Duration::from_millis(50));
         }
-        let stuck = self.running().is_some();
-        unsafe { libc::kill(-pid, libc::SIGKILL) };
-        if stuck {
+        if self.running() == Some(pid) {
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
             log.info(format!("process {pid} did not stop in {}s; killed it", grace.as_secs()));
         }
         unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
@@ -253,7 +345,7 @@ impl Supervisor {
     /// them open across the restart (started or re-bound first when needed).
     pub fn restart(&self, unit_file: &Path, log: &Log) -> anyhow::Result<()> {
         let socket_file = unit_file.with_extension("socket");
-        let holder = crate::listen::Holder::new(&self.app_root, &self.root);
+        let holder = crate::listen::Holder::new(&self.state, &self.root);
         if !socket_file.is_file() {
             self.stop(unit_file, log)?;
             holder.stop(&socket_file, log);
@@ -271,11 +363,16 @@ impl Supervisor {
         self.start_with(unit_file, &fds, log)
     }
 
-    /// The last lines of the service's log.
+    /// The last lines of the service's log (read from its end: it may be large).
     pub fn log_tail(&self, lines: usize) -> String {
-        let Ok(file) = fs::File::open(self.log_file()) else { return String::new() };
-        let all: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        let Ok(file) = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(self.log_file())
+        else {
+            return String::new();
+        };
+        fsx::tail(file, lines)
     }
 }
 
@@ -295,5 +392,15 @@ mod tests {
         assert_eq!(spec.environment, [("A".into(), "x y".into()), ("B".into(), "100%".into())]);
         assert_eq!(spec.environment_files, [("/e".to_owned(), true)]);
         assert_eq!(spec.stop_timeout, Some(15));
+    }
+
+    #[test]
+    fn reads_stat_and_the_pidfile() {
+        let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 9876 0 0";
+        assert_eq!(parse_stat(stat), Some(ProcStat { state: 'S', pgrp: 42, start: "9876".into() }));
+        let t = Tracked::parse("42 9876 1500 /usr/bin/python3.12\n").unwrap();
+        assert_eq!((t.pid, t.uid, t.exe.as_str()), (42, 1500, "/usr/bin/python3.12"));
+        assert!(!Tracked { pid: 1, ..t }.alive(), "pid 1 is never the service");
+        assert_eq!(Tracked::parse("1 2"), None);
     }
 }

@@ -2,11 +2,11 @@
 //! previous one; failed and bad releases never push good ones out (the last two are kept for
 //! forensics); venvs no remaining release uses are removed.
 
-use std::{collections::BTreeSet, fs};
+use std::collections::BTreeSet;
 
 use crate::{
     journal::{Journal, Record, State, live_history, states},
-    store::{STAGING_PREFIX, Store},
+    store::{STAGING_PREFIX, Store, is_revision},
     util::Log,
 };
 
@@ -27,7 +27,8 @@ pub fn prune(store: &Store, journal: &Journal, keep: u32, log: &Log) -> anyhow::
             order.push(&r.revision);
         }
     }
-    let on_disk = |rev: &&str| store.release(rev).is_dir();
+    // Only revision ids become paths: a forged record names nothing outside `releases/`.
+    let on_disk = |rev: &&str| is_revision(rev) && store.has_release(rev);
     let good: Vec<&str> = order
         .iter()
         .copied()
@@ -45,30 +46,33 @@ pub fn prune(store: &Store, journal: &Journal, keep: u32, log: &Log) -> anyhow::
     protect.extend(previous.as_deref());
     protect.extend(bad.iter().copied().take(KEEP_BAD));
     let mut removed = Vec::new();
+    let releases = store.dir.sub_owned("releases", store.me.uid)?;
+    let copies = store.state.sub_owned("releases", store.me.uid)?;
     for rev in good.iter().chain(bad.iter()).copied().filter(|r| !protect.contains(r)) {
-        fs::remove_dir_all(store.release(rev))?;
+        releases.remove(rev)?;
+        copies.remove(rev)?;
         journal.append(&Record::new("prune", rev, "Prune", State::Pruned))?;
         log.info(format!("pruned release {rev}"));
         removed.push(rev.to_owned());
     }
     // Venvs still linked from any release directory (ours, legacy or unknown) stay.
     let mut used = BTreeSet::new();
-    for entry in fs::read_dir(store.releases())? {
-        let entry = entry?;
-        if entry.file_name().to_string_lossy().starts_with(STAGING_PREFIX) {
+    for name in releases.names()? {
+        if name.starts_with(STAGING_PREFIX) {
             continue;
         }
-        if let Ok(target) = fs::read_link(entry.path().join(".venv"))
-            && let Some(name) = target.file_name()
+        if let Ok(release) = releases.sub(&name)
+            && let Some(target) = release.readlink(".venv")
+            && let Some(key) = target.rsplit('/').next()
         {
-            used.insert(name.to_os_string());
+            used.insert(key.to_owned());
         }
     }
-    for entry in fs::read_dir(store.venvs())? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() && !used.contains(&entry.file_name()) {
-            fs::remove_dir_all(entry.path())?;
-            log.info(format!("removed the unused venv {}", entry.file_name().to_string_lossy()));
+    let venvs = store.dir.sub_owned("venvs", store.me.uid)?;
+    for name in venvs.names()? {
+        if !used.contains(&name) {
+            venvs.remove(&name)?;
+            log.info(format!("removed the unused venv {name}"));
         }
     }
     Ok(removed)

@@ -115,7 +115,7 @@ impl Service<'_> {
                         self.socket_file.display()
                     ));
                     self.supervisor.stop(&self.unit_file, log)?;
-                    let holder = crate::listen::Holder::new(&self.supervisor.app_root, &self.supervisor.root);
+                    let holder = crate::listen::Holder::new(&self.supervisor.state, &self.supervisor.root);
                     holder.stop(&self.socket_file, log);
                     fs::remove_file(&self.socket_file)?;
                 }
@@ -128,19 +128,18 @@ impl Service<'_> {
         }
     }
 
-    /// Installs `<stem>.socket` from the release when the release uses socket activation and its
-    /// bytes differ; marks it for re-binding at the next restart when its socket listens now.
-    pub fn install_socket(&self, release_dir: &std::path::Path, log: &Log) -> anyhow::Result<bool> {
+    /// Installs `wanted` (from the archive or the root-owned copies) as `<stem>.socket` when the
+    /// release uses socket activation and its bytes differ; marks it for re-binding at the next
+    /// restart when its socket listens now.
+    pub fn install_socket(&self, wanted: &[u8], log: &Log) -> anyhow::Result<bool> {
         if !self.socket_activation {
             return Ok(false);
         }
-        let source = release_dir.join(packaging::layout::unit(&self.socket));
-        let wanted = fs::read(&source).with_context(|| format!("cannot read {}", source.display()))?;
-        if fs::read(&self.socket_file).ok().as_deref() == Some(wanted.as_slice()) {
+        if crate::fsx::read_trusted(&self.socket_file, 1 << 20).ok().as_deref() == Some(wanted) {
             return Ok(false);
         }
         let existed = self.socket_file.exists();
-        crate::store::write_atomic(&self.socket_file, &wanted, 0o644)?;
+        crate::store::write_atomic(&self.socket_file, wanted, 0o644)?;
         log.info(format!("installed {}", self.socket_file.display()));
         if existed && self.is_active(&self.socket) {
             let dir = self.socket_changed.parent().context("a marker has a directory")?;

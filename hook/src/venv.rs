@@ -1,5 +1,9 @@
-//! The Python environment: `venvs/<key>`, content-addressed, built at its final path as the app
-//! user (venvs are not relocatable), with uv when there is one, else `python -m venv` and pip.
+//! The Python environment: `venvs/<key>`, content-addressed, built at its final path (venvs are
+//! not relocatable) with uv when there is one, else `python -m venv` and pip, bytecode compiled at
+//! build time. The installers run as the build identity (`nobody` when the hook is root), never as
+//! the app user, in a directory the app user cannot write, with their caches and temporary files
+//! in `<app_root>/.build` (the build identity's, mode 0700); once built and checked, the venv is
+//! given to the hook's user (root) and made read-only before anything runs from it.
 
 use std::{
     ffi::OsString,
@@ -14,9 +18,12 @@ use packaging::config::{Installer, Release, venv_key};
 
 use crate::{
     child::{self, Spawn},
-    store::{Store, VENV_COMPLETE, write_atomic},
+    store::{Store, VENV_COMPLETE},
     util::Log,
 };
+
+/// The build identity's directory in the app root: installer caches and temporary files.
+pub const BUILD_DIR: &str = ".build";
 
 /// What [`ensure`] did.
 pub enum Outcome {
@@ -40,13 +47,7 @@ pub fn child_env(store: &Store, extra_path: Option<&Path>) -> Vec<(OsString, OsS
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(k, _)| {
             let k = k.to_string_lossy();
-            k.starts_with("PIP_")
-                || (k.starts_with("UV_") && k != "UV_CACHE_DIR")
-                || k.eq_ignore_ascii_case("http_proxy")
-                || k.eq_ignore_ascii_case("https_proxy")
-                || k.eq_ignore_ascii_case("no_proxy")
-                || k == "SSL_CERT_FILE"
-                || k == "REQUESTS_CA_BUNDLE"
+            packaging::passed_to_installers(&k) && k != "UV_CACHE_DIR"
         })
         .collect();
     let mut path = OsString::new();
@@ -81,30 +82,30 @@ pub fn ensure(
     store: &Store,
     release: &Release,
     python: &Path,
+    req_bytes: &[u8],
     requirements: &Path,
     log_file: &Path,
     log: &Log,
 ) -> anyhow::Result<Outcome> {
-    let req_bytes =
-        fs::read(requirements).with_context(|| format!("cannot read {}", requirements.display()))?;
-    let key = venv_key(release.python.as_str(), release.installer, &req_bytes);
+    let key = venv_key(release.python.as_str(), release.installer, req_bytes);
     if key != release.venv_key {
         bail!(
             "release.yaml names the venv {} but its inputs hash to {key}; rebuild the bundle",
             release.venv_key
         );
     }
-    let dir = store.venvs().join(&key);
-    if dir.join(VENV_COMPLETE).exists() {
+    let venvs = store.dir.sub_owned("venvs", store.me.uid)?;
+    if let Ok(done) = venvs.sub_owned(&key, store.me.uid)
+        && done.stat_at(VENV_COMPLETE)?.is_some()
+    {
         return Ok(Outcome::Reused);
     }
+    // The path the installers see: venvs bake it in.
+    let dir = store.app_root.join("venvs").join(&key);
     if !python.is_file() {
         bail!("the interpreter {} does not exist (deploy.yaml python)", release.python);
     }
-    if dir.exists() {
-        fs::remove_dir_all(&dir)
-            .with_context(|| format!("cannot remove the unfinished {}", dir.display()))?;
-    }
+    venvs.remove(&key).context("cannot remove an unfinished venv")?;
     let uv = match release.installer {
         Installer::Pip => None,
         Installer::Uv => Some(
@@ -113,18 +114,24 @@ pub fn ensure(
         ),
         Installer::Auto => find_uv(),
     };
-    let guard = RemoveOnDrop(Some(dir.clone()));
-    store.mkdir(&dir, 0o755)?;
-    for sub in ["pip", "uv"] {
-        store.mkdir(&store.cache().join(sub), 0o750)?;
+    let guard = RemoveOnDrop(Some(store.venvs().join(&key)));
+    let builder = store.builder;
+    venvs.ensure_dir(&key, 0o755, builder.uid, builder.gid)?;
+    let build = store.dir.ensure_dir(BUILD_DIR, 0o700, builder.uid, builder.gid)?;
+    for sub in ["pip", "uv", "tmp"] {
+        build.ensure_dir(sub, 0o700, builder.uid, builder.gid)?;
     }
-    let env = child_env(store, None);
+    let build_dir = store.app_root.join(BUILD_DIR);
+    let mut env = child_env(store, None);
+    env.retain(|(k, _)| !["HOME", "TMPDIR", "PIP_CACHE_DIR", "UV_CACHE_DIR"].iter().any(|v| k == v));
+    for (k, sub) in [("HOME", ""), ("TMPDIR", "tmp"), ("PIP_CACHE_DIR", "pip"), ("UV_CACHE_DIR", "uv")] {
+        env.push((k.into(), build_dir.join(sub).into()));
+    }
+    env.push(("PIP_ROOT_USER_ACTION".into(), "ignore".into()));
+    let ids = store.owner.map(|_| builder);
     let run = |what: &str, mut cmd: Command, timeout: u64| {
         cmd.env_clear().envs(env.iter().map(|(k, v)| (k, v))).current_dir(&store.app_root);
-        child::run(
-            cmd,
-            Spawn { what, ids: store.owner, timeout: Duration::from_secs(timeout), log: log_file },
-        )
+        child::run(cmd, Spawn { what, ids, timeout: Duration::from_secs(timeout), log: log_file })
     };
     let used = if let Some(uv) = &uv {
         log.info(format!("building {key} with {}", uv.display()));
@@ -132,7 +139,7 @@ pub fn ensure(
         cmd.args(["venv", "--quiet", "--no-config", "--allow-existing", "--python"]).arg(python).arg(&dir);
         run("uv venv", cmd, 300)?;
         let mut cmd = Command::new(uv);
-        cmd.args(["pip", "install", "--no-config", "--python"])
+        cmd.args(["pip", "install", "--no-config", "--compile-bytecode", "--python"])
             .arg(dir.join("bin/python"))
             .arg("-r")
             .arg(requirements);
@@ -151,9 +158,13 @@ pub fn ensure(
     let mut cmd = Command::new(dir.join("bin/python"));
     cmd.args(["-c", "import hypercorn"]);
     run("the venv's import of hypercorn", cmd, 120)?;
-    let marker = dir.join(VENV_COMPLETE);
-    write_atomic(&marker, format!("installer={used}\nkey={key}\n").as_bytes(), 0o644)?;
-    store.own(&marker)?;
+    // From here on nobody but root can change it: no write access for group or others.
+    let built = venvs.sub_owned(&key, builder.uid)?;
+    built.chown_tree(store.me.uid, store.me.gid)?;
+    if built.stat_at("bin")?.is_none() {
+        bail!("{} has no bin/ after the build; it was moved or replaced while it was built", dir.display());
+    }
+    built.write_atomic(VENV_COMPLETE, format!("installer={used}\nkey={key}\n").as_bytes(), 0o644, None)?;
     guard.disarm();
     Ok(Outcome::Built(used))
 }

@@ -761,7 +761,9 @@ impl DeployConfig {
             let top = path.as_str().split('/').next().unwrap_or_default();
             if crate::layout::RESERVED_IN_RELEASE.contains(&top) {
                 let hint = match top {
-                    ".env" => "create shared/.env on the instance instead: the release links to it",
+                    ".env" => {
+                        "the service's environment file is /var/lib/deploy-hook/<app>/service.env on the instance, root's, seeded from env_sample"
+                    }
                     _ => "choose another path",
                 };
                 return Err(invalid(format!(

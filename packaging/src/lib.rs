@@ -50,9 +50,66 @@ pub mod layout {
     pub const RESERVED_IN_RELEASE: [&str; 6] =
         ["configs", "dependencies", "deploy", ".venv", ".env", "REVISION"];
 
+    /// The directory of the hook's root-owned state on the instance (journal, lock, the root
+    /// copies of every release's unit, release.yaml and MANIFEST, the environment file), outside
+    /// anything the app user can write. `app` is a validated app name (a single component).
+    pub fn state_dir(app: &str) -> String {
+        format!("/var/lib/deploy-hook/{app}")
+    }
+
+    /// The environment file in [`state_dir`]: the unit's `EnvironmentFile=`, root-owned, seeded
+    /// once from `configs/sample.env` and kept across releases.
+    pub const STATE_ENV_FILE: &str = "service.env";
+
+    /// The process manager's pidfile in [`state_dir`].
+    pub const STATE_PIDFILE: &str = "service.pid";
+
     /// Path of the rendered unit inside the revision.
     pub fn unit(unit_name: &str) -> String {
         format!("{CONFIGS}/{unit_name}")
+    }
+}
+
+/// The environment variables that reach pip and uv (proxy and package index settings): the hook
+/// passes these of its own environment to the installers, and a rehearsal passes them to the hook.
+pub fn passed_to_installers(name: &str) -> bool {
+    name.starts_with("PIP_")
+        || name.starts_with("UV_")
+        || ["http_proxy", "https_proxy", "no_proxy"].iter().any(|p| name.eq_ignore_ascii_case(p))
+        || name == "SSL_CERT_FILE"
+        || name == "REQUESTS_CA_BUNDLE"
+}
+
+/// An `http://HOST[:PORT][/PATH]` URL, split (the health check's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl {
+    /// `host:port` to connect to, port 80 when the URL names none (`[v6]:port` for IPv6).
+    pub addr: String,
+    /// The authority as written, for the `Host:` header.
+    pub host: String,
+    /// The path, `/` when the URL has none.
+    pub path: String,
+}
+
+impl HttpUrl {
+    /// Splits `url`; the one parser of health URLs (the hook's check, the rehearsal's port probe).
+    pub fn parse(url: &str) -> Result<HttpUrl, String> {
+        let rest = url.strip_prefix("http://").ok_or_else(|| format!("{url}: only http:// URLs"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.is_empty() {
+            return Err(format!("{url}: no host"));
+        }
+        let addr = match authority.strip_prefix('[').and_then(|v6| v6.split_once(']')) {
+            Some((_, "")) => format!("{authority}:80"),
+            Some((_, port)) if port.starts_with(':') => authority.to_owned(),
+            Some(_) => return Err(format!("{url}: bad IPv6 address")),
+            None if authority.contains(':') => authority.to_owned(),
+            None => format!("{authority}:80"),
+        };
+        Ok(HttpUrl { addr, host: authority.to_owned(), path: path.to_owned() })
     }
 }
 

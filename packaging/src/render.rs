@@ -92,7 +92,10 @@ pub fn unit(config: &DeployConfig, release: &Release) -> String {
     line(&format!("Group={}", release.group));
     line("# Entered once at start: the process sees the physical release path, not `current`.");
     line(&format!("WorkingDirectory={}", plain(&format!("{root}/current"))));
-    line(&format!("EnvironmentFile={}", plain(&format!("{root}/current/.env"))));
+    // Root-owned, outside the app root: systemd reads it as root before dropping privileges.
+    let env_file =
+        format!("{}/{}", crate::layout::state_dir(release.app.as_str()), crate::layout::STATE_ENV_FILE);
+    line(&format!("EnvironmentFile={}", plain(&env_file)));
     for assignment in &env {
         line(&format!("Environment={assignment}"));
     }

@@ -73,17 +73,30 @@ fn first_deployment_with_pip_then_redeploys_flips_and_no_ops() {
     let rev_a = sandbox.current().expect("current points at a release");
     assert!(verdict.contains(&rev_a), "{verdict}");
     let release = sandbox.app_root().join("releases").join(&rev_a);
-    let env = fs::symlink_metadata(release.join(".env")).unwrap();
-    assert_eq!((env.mode() & 0o777, env.uid(), env.gid()), (0o600, APP_UID, APP_UID));
-    assert_eq!(fs::metadata(release.join("app.py")).unwrap().uid(), APP_UID);
-    // Source files share the archive's inodes; what root reads or runs later never does.
-    assert_eq!(fs::metadata(release.join("app.py")).unwrap().nlink(), 2);
-    for own_copy in
-        ["deploy/deploy-hook", "deploy/release.yaml", "deploy/MANIFEST", "configs/python-app.service"]
-    {
-        let meta = fs::metadata(release.join(own_copy)).unwrap();
-        assert_eq!((meta.nlink(), meta.uid()), (1, APP_UID), "{own_copy}");
+    // The environment file is root's, outside the app root, seeded from the sample.
+    let env = fs::symlink_metadata(sandbox.state_dir().join("service.env")).unwrap();
+    assert_eq!((env.mode() & 0o777, env.uid(), env.gid()), (0o600, 0, 0));
+    assert!(!release.join(".env").exists(), "the release holds no environment file");
+    // The release is root's and read-only to the app user; every file shares the archive's
+    // inode, which the agent extracted as root.
+    assert_eq!(fs::metadata(&release).unwrap().uid(), 0);
+    for file in [
+        "app.py",
+        "deploy/deploy-hook",
+        "deploy/release.yaml",
+        "deploy/MANIFEST",
+        "configs/python-app.service",
+    ] {
+        let meta = fs::metadata(release.join(file)).unwrap();
+        assert_eq!((meta.nlink(), meta.uid(), meta.mode() & 0o022), (2, 0, 0), "{file}");
     }
+    // Rollback and revert read root-owned copies, never the release directory's.
+    let copies = sandbox.state_dir().join("releases").join(&rev_a);
+    for file in ["release.yaml", "MANIFEST", UNIT] {
+        assert_eq!(fs::metadata(copies.join(file)).unwrap().uid(), 0, "{file}");
+    }
+    let venv = fs::read_link(release.join(".venv")).unwrap();
+    assert_eq!(fs::metadata(release.join(&venv)).unwrap().uid(), 0, "the venv is root's once built");
     assert_eq!(fs::read_to_string(release.join("REVISION")).unwrap().trim(), rev_a);
     assert!(!release.join("__pycache__").exists(), "the import check wrote bytecode into the release");
     let unit = sandbox.root.join("etc/systemd/system").join(UNIT);
@@ -333,7 +346,7 @@ fn sigterm_stops_children_and_removes_what_was_staged() {
         .spawn()
         .unwrap();
     // Wait until the venv build runs, then do what the agent's timeout does.
-    let log = sandbox.app_root().join("logs/d-TERMB0001.log");
+    let log = sandbox.state_dir().join("logs/d-TERMB0001.log");
     let start = std::time::Instant::now();
     while !log.exists() && start.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(50));
@@ -489,12 +502,10 @@ fn shared_files_and_dirs_outlive_releases() {
     let mut sandbox = Sandbox::new().unwrap();
     sandbox.provide_uv().unwrap();
     let shared_dir = sandbox.app_root().join("shared");
-    fs::create_dir_all(&shared_dir).unwrap();
-    fs::write(shared_dir.join(".env"), "GREETING=from shared\n").unwrap();
 
     assert_ok(&sandbox.after_install(&bundle, "d-SHARED001").unwrap());
+    fs::write(sandbox.state_dir().join("service.env"), "GREETING=from the operator\n").unwrap();
     let release = sandbox.app_root().join("current");
-    assert_eq!(fs::read_link(release.join(".env")).unwrap(), Path::new("../../shared/.env"));
     assert_eq!(fs::read_link(release.join("data")).unwrap(), Path::new("../../shared/data"));
     assert_eq!(
         fs::read_link(release.join("settings/local.ini")).unwrap(),
@@ -512,7 +523,9 @@ fn shared_files_and_dirs_outlive_releases() {
     let release = sandbox.app_root().join("current");
     assert_eq!(fs::read_to_string(release.join("settings/local.ini")).unwrap(), "edited = 1\n");
     assert!(release.join("data/kept.txt").exists());
-    assert_eq!(fs::read_to_string(release.join(".env")).unwrap(), "GREETING=from shared\n");
+    // The environment file the operator edited is kept, never reseeded.
+    let env = fs::read_to_string(sandbox.state_dir().join("service.env")).unwrap();
+    assert_eq!(env, "GREETING=from the operator\n");
 
     // A shared file that is neither on the instance nor in the release: refused, clearly.
     fs::remove_file(shared_dir.join("settings/local.ini")).unwrap();

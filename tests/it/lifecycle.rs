@@ -19,7 +19,7 @@ struct StopService<'a>(&'a Sandbox);
 impl Drop for StopService<'_> {
     fn drop(&mut self) {
         for pidfile in ["service.pid", "listen.pid"] {
-            if let Ok(text) = fs::read_to_string(self.0.app_root().join(pidfile))
+            if let Ok(text) = fs::read_to_string(self.0.state_dir().join(pidfile))
                 && let Some(pid) = text.split(' ').next()
             {
                 let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
@@ -242,7 +242,7 @@ fn the_process_manager_restarts_behind_a_held_socket() {
     for out in deploy(&sandbox, &archive, "d-LISTEN001", &events) {
         assert!(out.status.success(), "{}", describe(&out));
     }
-    let holder = fs::read_to_string(sandbox.app_root().join("listen.pid")).unwrap();
+    let holder = fs::read_to_string(sandbox.state_dir().join("listen.pid")).unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let limits = xtask::load::Limits {
@@ -264,5 +264,5 @@ fn the_process_manager_restarts_behind_a_held_socket() {
     let report = client.join().unwrap();
     println!("2 restarts behind the held socket: {report}");
     assert!(report.ok > 0 && report.failures() == 0, "{report}: {:?}", report.samples);
-    assert_eq!(fs::read_to_string(sandbox.app_root().join("listen.pid")).unwrap(), holder);
+    assert_eq!(fs::read_to_string(sandbox.state_dir().join("listen.pid")).unwrap(), holder);
 }

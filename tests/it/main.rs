@@ -1,6 +1,7 @@
 //! End-to-end tests across crates, with real parts: cargo, GNU tar, qemu, systemd-analyze.
 
 mod after_install;
+mod attacker;
 mod bundle;
 mod container;
 mod lifecycle;

@@ -174,7 +174,7 @@ fn the_whole_lifecycle_under_real_systemd() -> Result<()> {
         describe(validate)
     );
     serves(&ct, &rev_b)?;
-    let journal = ct.exec_ok(&["cat", &format!("{APP_ROOT}/journal.jsonl")])?;
+    let journal = ct.exec_ok(&["cat", "/var/lib/deploy-hook/python-app/journal.jsonl"])?;
     ensure!(journal.lines().any(|l| l.contains(&rev_c) && l.contains("\"state\":\"bad\"")), "{journal}");
 
     // 4. CodeDeploy's rollback: revision A under a new deployment id is a flip, not a rebuild.

@@ -48,12 +48,21 @@ impl Sandbox {
             format!("root:x:0:0:root:/root:/bin/bash\nsnake:x:{APP_UID}:{APP_UID}::/home/snake:/bin/bash\n"),
         )?;
         fs::write(root.join("etc/group"), format!("root:x:0:\nsnake:x:{APP_UID}:\n"))?;
+        // The app user's home, as on an instance: theirs, so they could rename the app root.
+        let home = root.join("home/snake");
+        fs::create_dir_all(&home)?;
+        std::os::unix::fs::chown(&home, Some(APP_UID), Some(APP_UID))?;
         Ok(Sandbox { _dir: dir, root, path_dirs: Vec::new() })
     }
 
     /// `<root>/home/snake/app`.
     pub fn app_root(&self) -> PathBuf {
         self.root.join("home/snake/app")
+    }
+
+    /// `<root>/var/lib/deploy-hook/python-app`: the hook's root-owned state.
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join("var/lib/deploy-hook/python-app")
     }
 
     /// Extracts `bundle` with the agent's command where the agent puts it for `deployment_id`,
@@ -106,7 +115,7 @@ impl Sandbox {
 
     /// Every journal record.
     pub fn journal(&self) -> Vec<serde_json::Value> {
-        let text = fs::read_to_string(self.app_root().join("journal.jsonl")).unwrap_or_default();
+        let text = fs::read_to_string(self.state_dir().join("journal.jsonl")).unwrap_or_default();
         text.lines().map(|l| serde_json::from_str(l).expect("a journal line is JSON")).collect()
     }
 
@@ -176,7 +185,7 @@ impl Sandbox {
             .args(&words[1..])
             .current_dir(fs::canonicalize(&current)?)
             .env_clear()
-            .envs(read_env(&current.join(".env")))
+            .envs(read_env(&self.state_dir().join("service.env")))
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .uid(APP_UID)
             .gid(APP_UID)

@@ -116,7 +116,8 @@ pub(crate) fn bench(sh: &Shell, hook: &Path, work: &Path, n: usize) -> anyhow::R
         Ok((off, on))
     })();
     for pidfile in ["service.pid", "listen.pid"] {
-        if let Ok(text) = fs::read_to_string(root.join("home/snake/app").join(pidfile))
+        let state_dir = packaging::layout::state_dir("python-app");
+        if let Ok(text) = fs::read_to_string(root.join(state_dir.trim_start_matches('/')).join(pidfile))
             && let Some(pid) = text.split(' ').next()
         {
             let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();

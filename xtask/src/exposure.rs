@@ -4,7 +4,7 @@ use std::process::Command;
 
 /// Rates `text` as the unit `unit_name`; None when systemd-analyze is missing or says nothing.
 pub fn of_unit(unit_name: &str, text: &str) -> Option<f64> {
-    let tool = crate::verify::find_in_path("systemd-analyze")?;
+    let tool = crate::find_in_path("systemd-analyze")?;
     let dir = tempfile::tempdir().ok()?;
     let unit = dir.path().join(unit_name);
     std::fs::write(&unit, text).ok()?;

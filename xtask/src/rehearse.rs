@@ -26,7 +26,7 @@ use appspec::{
 };
 use packaging::{Release, bundle::Arch, config::Installer, layout};
 
-use crate::verify::find_in_path;
+use crate::find_in_path;
 
 /// The deployment id every rehearsal uses (the agent's form, `d-` and alphanumerics).
 pub const DEPLOYMENT_ID: &str = "d-REHEARSE1";
@@ -115,7 +115,8 @@ pub fn rehearse(
         format!("the rehearsal needs one of our revisions, and {} is missing", layout::RELEASE_YAML)
     })?;
     let release = Release::parse(Path::new(layout::RELEASE_YAML), &text)?;
-    sandbox.app_root = Some(sandbox.root.join(release.app_root.as_str().trim_start_matches('/')));
+    let state = packaging::layout::state_dir(release.app.as_str());
+    sandbox.state_dir = Some(sandbox.root.join(state.trim_start_matches('/')));
 
     let runner = hook_runner(&archive.join(layout::HOOK))?;
     if !Path::new(release.python.as_str()).is_file() {
@@ -193,14 +194,8 @@ pub(crate) fn effective_ids() -> anyhow::Result<(u32, u32)> {
 /// Fails when something already listens on the health check's port here: ValidateService would
 /// ask it instead of the rehearsed service.
 fn check_port(url: &str) -> anyhow::Result<()> {
-    let Some(rest) = url.strip_prefix("http://") else { return Ok(()) };
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let with_port = if authority.ends_with(']') || !authority.contains(':') {
-        format!("{authority}:80")
-    } else {
-        authority.to_owned()
-    };
-    let Ok(addrs) = with_port.to_socket_addrs() else { return Ok(()) };
+    let Ok(parsed) = packaging::HttpUrl::parse(url) else { return Ok(()) };
+    let Ok(addrs) = parsed.addr.to_socket_addrs() else { return Ok(()) };
     for addr in addrs {
         match TcpListener::bind(addr) {
             Ok(_) => {}
@@ -280,8 +275,9 @@ struct Sandbox {
     path: PathBuf,
     /// `DEPLOY_HOOK_ROOT`.
     root: PathBuf,
-    /// `<root>/<app_root>`, once release.yaml is read.
-    app_root: Option<PathBuf>,
+    /// `<root>/var/lib/deploy-hook/<app>`, the hook's state (the supervisor's pidfile), once
+    /// release.yaml is read.
+    state_dir: Option<PathBuf>,
     /// Directories put first on the hook's PATH.
     path_dirs: Vec<PathBuf>,
     /// The watcher that cleans up if this process dies first (see [`janitor`]).
@@ -320,7 +316,7 @@ impl Sandbox {
             dir: Some(dir),
             path: path.clone(),
             root: root.clone(),
-            app_root: None,
+            state_dir: None,
             path_dirs: Vec::new(),
             janitor: None,
         };
@@ -464,7 +460,7 @@ impl Sandbox {
         }
         path.push("/usr/local/bin:/usr/bin:/bin");
         cmd.env_clear()
-            .envs(std::env::vars_os().filter(|(k, _)| passed_through(&k.to_string_lossy())))
+            .envs(std::env::vars_os().filter(|(k, _)| packaging::passed_to_installers(&k.to_string_lossy())))
             .env("PATH", path)
             .env("LIFECYCLE_EVENT", event.name())
             .env("DEPLOYMENT_ID", DEPLOYMENT_ID)
@@ -515,7 +511,7 @@ impl Sandbox {
         let Some(dir) = self.dir.take() else { return Cleanup::default() };
         // `path` is the canonical spelling the processes' links use.
         let _ = dir.keep();
-        let cleanup = clean(&self.path, self.app_root.as_deref());
+        let cleanup = clean(&self.path, self.state_dir.as_deref());
         if let Some(mut janitor) = self.janitor.take() {
             let _ = janitor.kill();
             let _ = janitor.wait();
@@ -524,15 +520,16 @@ impl Sandbox {
     }
 }
 
-/// Stops the service of `app_root` (if known), kills what still runs from `path`, removes `path`.
-fn clean(path: &Path, app_root: Option<&Path>) -> Cleanup {
+/// Stops the service whose pidfile is in `state_dir` (if known), kills what still runs from
+/// `path`, removes `path`.
+fn clean(path: &Path, state_dir: Option<&Path>) -> Cleanup {
     let started = Instant::now();
-    let service = match app_root {
-        Some(app_root) => {
-            let service = stop_service(&app_root.join("service.pid"));
+    let service = match state_dir {
+        Some(state_dir) => {
+            let service = stop_service(&state_dir.join(packaging::layout::STATE_PIDFILE));
             // The process manager's socket holder (socket activation) is a group of its own.
-            match app_root.join("listen.pid").exists() {
-                true => format!("{service}; socket holder: {}", stop_service(&app_root.join("listen.pid"))),
+            match state_dir.join("listen.pid").exists() {
+                true => format!("{service}; socket holder: {}", stop_service(&state_dir.join("listen.pid"))),
                 false => service,
             }
         }
@@ -578,15 +575,6 @@ impl Drop for Sandbox {
             }
         }
     }
-}
-
-/// The variables of this environment the hook gets: proxy and package index settings.
-fn passed_through(name: &str) -> bool {
-    name.starts_with("PIP_")
-        || name.starts_with("UV_")
-        || ["http_proxy", "https_proxy", "no_proxy"].iter().any(|p| name.eq_ignore_ascii_case(p))
-        || name == "SSL_CERT_FILE"
-        || name == "REQUESTS_CA_BUNDLE"
 }
 
 /// What the cleanup did.
@@ -676,7 +664,7 @@ fn group_alive(pgid: i32) -> bool {
         .any(|pid| proc_stat(pid).is_some_and(|(state, pgrp, _)| pgrp == pgid && !"ZX".contains(state)))
 }
 
-/// Stops the process group recorded in the supervisor's pidfile ("PID STARTTIME"): SIGTERM,
+/// Stops the process group recorded in the supervisor's pidfile ("PID STARTTIME UID EXE"): SIGTERM,
 /// then SIGKILL after [`STOP_GRACE`]. Says what it did.
 fn stop_service(pidfile: &Path) -> String {
     let Ok(text) = fs::read_to_string(pidfile) else { return "no service was running".into() };

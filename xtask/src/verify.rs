@@ -11,7 +11,7 @@
 
 use std::{
     collections::BTreeSet,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, ExitCode},
 };
 
@@ -24,7 +24,7 @@ use packaging::{
     reader::{self, Item, Kind, Limits, Revision},
 };
 
-use crate::{flags, rehearse};
+use crate::{find_in_path, flags, rehearse};
 
 /// How to verify.
 #[derive(Debug, Clone, Default)]
@@ -752,9 +752,4 @@ fn systemd_analyze(
             }
         })
         .collect()
-}
-
-/// The first `name` on PATH.
-pub(crate) fn find_in_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|dir| Path::new(dir).join(name)).find(|p| p.is_file())
 }

@@ -63,7 +63,7 @@ fn errors_name_file_key_line_and_column() {
     check_err(
         "app: api\nshared_files: [.env]\n",
         expect![
-            "app/deploy.yaml: shared_files: .env is where the release puts its own .env; create shared/.env on the instance instead: the release links to it"
+            "app/deploy.yaml: shared_files: .env is where the release puts its own .env; the service's environment file is /var/lib/deploy-hook/<app>/service.env on the instance, root's, seeded from env_sample"
         ],
     );
     check_err(

@@ -45,7 +45,7 @@ fn unit_file() {
         Group=shop
         # Entered once at start: the process sees the physical release path, not `current`.
         WorkingDirectory=/home/shop/app/current
-        EnvironmentFile=/home/shop/app/current/.env
+        EnvironmentFile=/var/lib/deploy-hook/shop/service.env
         Environment="PYTHONUNBUFFERED=1"
         Environment="PYTHONDONTWRITEBYTECODE=1"
         Environment="PRICE_FMT=100%% $total"
