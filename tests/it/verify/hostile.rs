@@ -394,7 +394,7 @@ fn files_source_missing() {
     members[0] = Member::file("appspec.yml", 0o644, appspec.as_bytes());
     let report = verify_members(&members);
     assert_error(&report, "files.source-missing");
-    assert!(rules(&report).contains(&"W:appspec.files-replaced".to_owned()));
+    assert!(rules(&report).contains(&"N:appspec.files-replaced".to_owned()));
 }
 
 #[test]
@@ -482,7 +482,7 @@ fn our_appspec_keeps_every_event_and_no_files_in_the_app_root() {
     let mut got = rules(&report);
     got.sort();
     // The misspelt event is an appspec error, so the ours.* checks wait for a clean appspec.
-    assert_eq!(got, ["E:appspec.hook-name", "E:manifest.mismatch", "W:appspec.files-replaced"]);
+    assert_eq!(got, ["E:manifest.mismatch", "N:appspec.files-replaced", "T:appspec.hook-name"]);
 
     let mut members = ours();
     let appspec = content(&members, "appspec.yml")
@@ -495,7 +495,7 @@ fn our_appspec_keeps_every_event_and_no_files_in_the_app_root() {
     got.sort();
     assert_eq!(
         got,
-        ["E:manifest.mismatch", "E:ours.files", "W:appspec.files-replaced", "W:ours.hooks"],
+        ["E:manifest.mismatch", "E:ours.files", "N:appspec.files-replaced", "W:ours.hooks"],
         "{}",
         content(&members, "appspec.yml")
     );
