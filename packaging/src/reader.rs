@@ -227,7 +227,9 @@ fn normalize_link_target(target: &str) -> Option<String> {
 
 impl Collector<'_> {
     fn add(&mut self, path: String, item: Item, shown: &str) {
-        if let Some(parent) = self.symlinks.iter().find(|s| path.starts_with(&format!("{s}/"))) {
+        // Each ancestor is one lookup: linear in the entries, whatever the number of symlinks.
+        let mut ancestors = path.match_indices('/').map(|(i, _)| &path[..i]);
+        if let Some(parent) = ancestors.find(|a| self.symlinks.contains(*a)) {
             self.findings.push(err(
                 shown,
                 "archive.symlink-parent",
@@ -349,10 +351,10 @@ pub fn read(path: &Path, limits: &Limits) -> Result<Revision, ReadError> {
         let n = file.read(&mut magic).map_err(io_err)?;
         drop(file);
         if n >= 2 && magic[..2] == [b'P', b'K'] {
-            return Err(ReadError::Unsupported {
-                path: shown,
-                what: "a zip archive: only .tgz, .tar and directories are checked".into(),
-            });
+            let file = BufReader::new(fs::File::open(path).map_err(io_err)?);
+            let names = BufReader::new(fs::File::open(path).map_err(io_err)?);
+            read_zip(file, names, &mut collector);
+            return Ok(finish(collector));
         }
         let file = BufReader::new(fs::File::open(path).map_err(io_err)?);
         let gzip = n >= 2 && magic[..2] == [0x1f, 0x8b];
@@ -539,6 +541,225 @@ fn read_tar(stream: Box<dyn Read>, gzip: bool, c: &mut Collector<'_>) {
             c.findings.push(f);
         }
     }
+}
+
+/// What a zip entry's Unix mode (external attributes, high half) says it is.
+const S_IFMT: u32 = 0o170000;
+const S_IFDIR: u32 = 0o040000;
+const S_IFREG: u32 = 0o100000;
+const S_IFLNK: u32 = 0o120000;
+
+/// Reads a zip as the agent's `unzip -qo` extracts it: the central directory decides what
+/// exists, a repeated name keeps the last entry, a Unix mode with S_IFLNK is a symlink whose
+/// content is its target, setuid, setgid and sticky bits are dropped (unzip keeps them only with
+/// -K), and entries without a Unix mode get 0644 (0755 for directories).
+fn read_zip<R: Read + io::Seek>(file: R, names: R, c: &mut Collector<'_>) {
+    let name = c.name.clone();
+    let corrupt = |what: String| {
+        err(
+            &name,
+            "archive.corrupt",
+            format!("the zip archive is corrupt or truncated: {what}"),
+            "rebuild and re-upload the archive",
+        )
+    };
+    let mut archive = match zip::ZipArchive::new(file) {
+        Ok(archive) => archive,
+        Err(e) => {
+            c.findings.push(corrupt(e.to_string()));
+            return;
+        }
+    };
+    if archive.len() > c.limits.max_entries {
+        c.findings.push(err(
+            &name,
+            "archive.too-many-entries",
+            format!("more than {} entries", c.limits.max_entries),
+            "ship fewer files",
+        ));
+        return;
+    }
+    if archive.has_duplicate_names() {
+        // The crate keeps the last of a repeated name, as unzip -o does; say which repeat.
+        let listed = central_directory_names(names, archive.central_directory_start(), c.limits.max_entries)
+            .unwrap_or_default();
+        let mut seen = BTreeSet::new();
+        for raw in listed {
+            let shown = String::from_utf8_lossy(&raw).into_owned();
+            if !seen.insert(raw.clone()) {
+                c.findings.push(if raw.ends_with(b"/") {
+                    warn(&shown, "archive.duplicate-entry", "the directory is listed twice".into(), "list each directory once")
+                } else {
+                    err(
+                        &shown,
+                        "archive.duplicate-entry",
+                        "a second entry with this path: extraction keeps the last one, and a check of the first means nothing".into(),
+                        "write each path once",
+                    )
+                });
+            }
+        }
+    }
+    let mut expanded = 0u64;
+    for index in 0..archive.len() {
+        if let Ok(meta) = archive.by_index_data(index)
+            && meta.encrypted()
+        {
+            let shown = String::from_utf8_lossy(meta.name_raw()).into_owned();
+            c.findings.push(err(
+                &shown,
+                "archive.zip-encrypted",
+                "an encrypted entry: the agent's unzip has no password, so the revision does not unpack"
+                    .into(),
+                "ship the zip without encryption",
+            ));
+            continue;
+        }
+        let mut entry = match archive.by_index(index) {
+            Ok(entry) => entry,
+            Err(e) => {
+                c.findings.push(corrupt(e.to_string()));
+                return;
+            }
+        };
+        let raw = entry.name_raw().to_vec();
+        let shown = String::from_utf8_lossy(&raw).into_owned();
+        if raw.contains(&b'\\') {
+            c.findings.push(err(
+                &shown,
+                "archive.zip-backslash",
+                "the name holds a backslash: unzip reads it as a path separator and warns, and the agent then unpacks the archive again with rubyzip, which does not".into(),
+                "build the zip with `/` separators (zip, Python's zipfile, aws deploy push)",
+            ));
+            continue;
+        }
+        let unix = entry.unix_mode();
+        let by_name_dir = raw.ends_with(b"/");
+        let kind_bits = unix.map(|m| m & S_IFMT).filter(|k| *k != 0);
+        let path = match normalize(&raw, &shown) {
+            Ok(Some(path)) => path,
+            Ok(None) => continue,
+            Err(f) => {
+                c.findings.push(*f);
+                continue;
+            }
+        };
+        let is_dir = by_name_dir || kind_bits == Some(S_IFDIR);
+        let mode = match unix {
+            Some(m) => m & 0o777,
+            None if is_dir => 0o755,
+            None => 0o644,
+        };
+        if !is_dir && !matches!(kind_bits, None | Some(S_IFREG) | Some(S_IFLNK)) {
+            c.findings.push(err(
+                &shown,
+                "archive.device",
+                format!("the entry's Unix mode {:o} is not a file, directory or symlink", unix.unwrap_or(0)),
+                "remove it from the archive",
+            ));
+            continue;
+        }
+        if mode & 0o002 != 0 && kind_bits != Some(S_IFLNK) {
+            c.check_mode(&shown, mode, 0, 0);
+        }
+        let size = entry.size();
+        if !is_dir && size > c.limits.max_entry {
+            c.findings.push(err(
+                &shown,
+                "archive.entry-too-large",
+                format!("{size} bytes, over the {} byte cap for one file", c.limits.max_entry),
+                "ship smaller files",
+            ));
+            continue;
+        }
+        if !is_dir && expanded.saturating_add(size) > c.limits.max_expanded {
+            c.findings.push(too_large(&name, c.limits));
+            return;
+        }
+        let item_kind = if is_dir {
+            Kind::Dir
+        } else if kind_bits == Some(S_IFLNK) {
+            let mut target = Vec::new();
+            if let Err(e) = (&mut entry).take(4096).read_to_end(&mut target) {
+                c.findings.push(corrupt(format!("{shown}: {e}")));
+                return;
+            }
+            expanded += target.len() as u64;
+            match c.symlink(&path, &String::from_utf8_lossy(&target), &shown) {
+                Some(kind) => kind,
+                None => continue,
+            }
+        } else {
+            if !matches!(
+                entry.compression(),
+                zip::CompressionMethod::Stored | zip::CompressionMethod::Deflated
+            ) {
+                c.findings.push(err(
+                    &shown,
+                    "archive.zip-method",
+                    format!("compression method {:?}: the agent's rubyzip fallback reads only stored and deflated entries, and this check cannot read it either", entry.compression()),
+                    "build the zip with deflate (zip, Python's zipfile and aws deploy push do)",
+                ));
+                continue;
+            }
+            // The declared size can lie: never read more than it, plus one byte to notice.
+            let room = c.limits.max_expanded - expanded;
+            let mut capped = (&mut entry).take(size.min(room) + 1);
+            match c.content(&mut capped, size) {
+                Ok(kind) => {
+                    if let Kind::File { size: got, .. } = kind
+                        && got != size
+                    {
+                        c.findings.push(corrupt(format!("{shown}: {got} bytes, the header says {size}")));
+                        return;
+                    }
+                    expanded += size;
+                    kind
+                }
+                Err(e) => {
+                    c.findings.push(corrupt(format!("{shown}: {e}")));
+                    return;
+                }
+            }
+        };
+        c.add(path, Item { kind: item_kind, mode }, &shown);
+    }
+}
+
+/// The names in the central directory, in order, repeats included (the zip crate's index keeps
+/// one entry per name). Each central file header is 46 fixed bytes (signature 0x02014b50, the
+/// name's length at 28, the extra field's at 30, the comment's at 32), then those three fields.
+fn central_directory_names<R: Read + io::Seek>(
+    mut reader: R,
+    start: u64,
+    cap: usize,
+) -> io::Result<Vec<Vec<u8>>> {
+    reader.seek(io::SeekFrom::Start(start))?;
+    let mut names = Vec::new();
+    let mut header = [0u8; 46];
+    while names.len() <= cap {
+        if reader.read_exact(&mut header).is_err() || header[..4] != [0x50, 0x4b, 0x01, 0x02] {
+            break;
+        }
+        let field = |at: usize| u16::from_le_bytes([header[at], header[at + 1]]);
+        let mut name = vec![0u8; usize::from(field(28))];
+        reader.read_exact(&mut name)?;
+        reader.seek(io::SeekFrom::Current(i64::from(field(30)) + i64::from(field(32))))?;
+        names.push(name);
+    }
+    Ok(names)
+}
+
+fn too_large(name: &str, limits: &Limits) -> Finding {
+    err(
+        name,
+        "archive.too-large",
+        format!(
+            "the archive expands to more than {} bytes (a zip or gzip bomb, or a revision far too large)",
+            limits.max_expanded
+        ),
+        "ship a smaller revision; raise --max-expanded only for an input you trust",
+    )
 }
 
 fn read_dir(root: &Path, c: &mut Collector<'_>) -> io::Result<()> {

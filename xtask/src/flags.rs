@@ -20,11 +20,12 @@ pub enum Command {
     /// The last line on stdout is the bundle's path (one line per bundle with --target all).
     /// The archive's mtime is $SOURCE_DATE_EPOCH, else the last commit's time, never the clock.
     Bundle(Bundle),
-    /// Check a CodeDeploy EC2/on-prem revision (a .tgz or .tar bundle, or an extracted
+    /// Check a CodeDeploy EC2/on-prem revision (a .zip, .tgz or .tar bundle, or an extracted
     /// directory) the way the agent and the instance will read it.
     ///
     /// Reports every finding as `file:line:col: severity[rule]: message (fix: ...)`, then a
-    /// summary line. Exit status: 0 no errors (warnings allowed), 1 errors, 2 could not run.
+    /// summary line that counts apart the errors the deployment fails on and the traps the agent
+    /// accepts. Exit status: 0 no errors (warnings and notes allowed), 1 errors, 2 could not run.
     Verify(Verify),
     /// Time bundling and redeploying against baselines run side by side (GNU tar | gzip, the
     /// seed's AfterInstall script) and print the ratios. Redeploy needs root.
@@ -49,15 +50,16 @@ pub struct Bench {
 
 #[derive(Debug, clap::Args)]
 pub struct Verify {
-    /// The revision: a .tgz or .tar bundle, or an extracted directory.
+    /// The revision: a .zip, .tgz or .tar bundle, or an extracted directory.
     pub path: PathBuf,
-    /// Print the findings as a JSON array (file, line, column, rule, severity, message, fix).
+    /// Print the findings as a JSON array (file, line, column, rule, severity, agent: fails or
+    /// accepts, message, fix).
     #[arg(long)]
     pub json: bool,
     /// The instances' architecture, for ELF hooks [default: deploy/release.yaml's arch].
     #[arg(long, value_enum)]
     pub arch: Option<Arch>,
-    /// Cap on the expanded size of the archive, in bytes; more is reported as a gzip bomb.
+    /// Cap on the expanded size of the archive, in bytes; more is reported as a zip or gzip bomb.
     #[arg(long, value_name = "BYTES", default_value_t = 2 << 30)]
     pub max_expanded: u64,
     /// After clean static checks, rehearse our revision's whole lifecycle (ApplicationStop to
