@@ -147,6 +147,88 @@ struct Collector<'a> {
     /// Entries owned by another uid or gid than 0, and the first of them.
     foreign_owners: usize,
     first_foreign_owner: Option<String>,
+    /// Hashes file contents on another core while this one decompresses.
+    hasher: HashPipe,
+}
+
+/// Bytes of file content per message to the hashing thread: many small files share one.
+const BATCH: usize = 1 << 20;
+
+/// Content for the hashing thread: `buf[..filled]`, where each offset in `ends` closes a file
+/// and the bytes after the last one continue a file into the next batch.
+struct Batch {
+    buf: Vec<u8>,
+    filled: usize,
+    ends: Vec<usize>,
+}
+
+/// A thread that hashes each file's content, in the order the files were read, so inflating
+/// and hashing use two cores; the reader marks a file's `sha256` as `#N` (the N-th file) until
+/// [`HashPipe::finish`] gives the hashes.
+struct HashPipe {
+    tx: std::sync::mpsc::SyncSender<Batch>,
+    free: std::sync::mpsc::Receiver<Vec<u8>>,
+    thread: std::thread::JoinHandle<Vec<String>>,
+    batch: Batch,
+    files: usize,
+}
+
+impl HashPipe {
+    fn start() -> HashPipe {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(4);
+        let (free_tx, free) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let mut hashes = Vec::new();
+            let mut hasher = Sha256::new();
+            for Batch { buf, filled, ends } in rx {
+                let mut start = 0;
+                for end in ends {
+                    hasher.update(&buf[start..end]);
+                    hashes.push(hex(&hasher.finalize_reset()));
+                    start = end;
+                }
+                hasher.update(&buf[start..filled]);
+                // The reader may be gone already; the buffer is then dropped.
+                let _ = free_tx.send(buf);
+            }
+            hashes
+        });
+        HashPipe {
+            tx,
+            free,
+            thread,
+            batch: Batch { buf: vec![0; BATCH], filled: 0, ends: Vec::new() },
+            files: 0,
+        }
+    }
+
+    /// Room for content at the end of the batch, sending it off when full.
+    fn room(&mut self) -> &mut [u8] {
+        if self.batch.filled == BATCH {
+            self.flush();
+        }
+        &mut self.batch.buf[self.batch.filled..]
+    }
+
+    fn flush(&mut self) {
+        let buf = self.free.try_recv().unwrap_or_else(|_| vec![0; BATCH]);
+        let full = std::mem::replace(&mut self.batch, Batch { buf, filled: 0, ends: Vec::new() });
+        self.tx.send(full).expect("the hashing thread outlives the reader");
+    }
+
+    /// Closes the current file; its hash will be the `index`-th.
+    fn end_file(&mut self) -> usize {
+        self.batch.ends.push(self.batch.filled);
+        self.files += 1;
+        self.files - 1
+    }
+
+    /// Every file's hash, in the order the files were read.
+    fn finish(mut self) -> Vec<String> {
+        self.flush();
+        drop(self.tx);
+        self.thread.join().expect("the hashing thread does not panic")
+    }
 }
 
 fn err(file: &str, rule: &'static str, message: String, fix: &str) -> Finding {
@@ -288,29 +370,34 @@ impl Collector<'_> {
         }
     }
 
-    /// Reads a file's content: hash, size, and the bytes when they fit the retention cap.
+    /// Reads a file's content: size, and the bytes when they fit the retention cap; the hash is
+    /// computed on the hashing thread and filled in by [`finish`].
     fn content(&mut self, reader: &mut dyn Read, size_hint: u64) -> io::Result<Kind> {
         let keep =
             size_hint <= self.limits.max_entry && self.retained + size_hint <= self.limits.max_retained;
-        let mut hasher = Sha256::new();
         let mut data = if keep { Some(Vec::with_capacity(size_hint.min(1 << 20) as usize)) } else { None };
-        let mut buf = vec![0u8; 64 * 1024];
         let mut size = 0u64;
-        loop {
-            let n = reader.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            size += n as u64;
-            hasher.update(&buf[..n]);
+        let result = loop {
+            let room = self.hasher.room();
+            let n = match reader.read(room) {
+                Ok(0) => break Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => break Err(e),
+            };
             if let Some(data) = &mut data {
-                data.extend_from_slice(&buf[..n]);
+                data.extend_from_slice(&room[..n]);
             }
-        }
+            self.hasher.batch.filled += n;
+            size += n as u64;
+        };
+        // Every file read gets its end, so the thread's hashes stay in step with the files.
+        let index = self.hasher.end_file();
+        result?;
         if data.is_some() {
             self.retained += size;
         }
-        Ok(Kind::File { size, sha256: hex(&hasher.finalize()), data })
+        Ok(Kind::File { size, sha256: format!("#{index}"), data })
     }
 
     fn symlink(&mut self, path: &str, target: &str, shown: &str) -> Option<Kind> {
@@ -342,6 +429,7 @@ pub fn read(path: &Path, limits: &Limits) -> Result<Revision, ReadError> {
         retained: 0,
         foreign_owners: 0,
         first_foreign_owner: None,
+        hasher: HashPipe::start(),
     };
     if meta.is_dir() {
         read_dir(path, &mut collector).map_err(io_err)?;
@@ -368,7 +456,8 @@ pub fn read(path: &Path, limits: &Limits) -> Result<Revision, ReadError> {
 fn read_tar(stream: Box<dyn Read>, gzip: bool, c: &mut Collector<'_>) {
     let state = Rc::new(RefCell::new(StreamState::default()));
     let counting = Counting { inner: stream, count: 0, cap: c.limits.max_expanded, state: state.clone() };
-    let mut archive = tar::Archive::new(counting);
+    // tar reads 512-byte headers: a large buffer keeps those small reads off the decoder.
+    let mut archive = tar::Archive::new(io::BufReader::with_capacity(128 * 1024, counting));
     let name = c.name.clone();
     let stream_failure = |state: &StreamState, e: &io::Error| -> Finding {
         if state.over_cap {
@@ -850,7 +939,15 @@ const NOT_FOUND: &str = "The CodeDeploy agent did not find an AppSpec file withi
 /// Adds implied directories, applies the agent's top-level directory stripping and checks the
 /// layout.
 fn finish(c: Collector<'_>) -> Revision {
-    let Collector { name, mut findings, mut items, foreign_owners, first_foreign_owner, .. } = c;
+    let Collector { name, mut findings, mut items, foreign_owners, first_foreign_owner, hasher, .. } = c;
+    let hashes = hasher.finish();
+    for item in items.values_mut() {
+        if let Kind::File { sha256, .. } = &mut item.kind
+            && let Some(index) = sha256.strip_prefix('#').and_then(|i| i.parse::<usize>().ok())
+        {
+            sha256.clone_from(&hashes[index]);
+        }
+    }
     if let Some(first) = first_foreign_owner {
         findings.push(warn(
             &name,

@@ -43,6 +43,18 @@ pub struct Bench {
     /// Timed runs of each variant (the median is printed).
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
+    /// Files in the large tgz that verify reads (every file hashed) against `tar -tzf`.
+    #[arg(long, default_value_t = 20_000)]
+    pub verify_files: usize,
+    /// Its total size in MiB.
+    #[arg(long, default_value_t = 150)]
+    pub verify_mib: usize,
+    /// Symlinks (and as many files) in the archive that must read in time linear in its entries.
+    #[arg(long, default_value_t = 100_000)]
+    pub links: usize,
+    /// Run only this part [default: all of them].
+    #[arg(long, value_enum)]
+    pub only: Option<BenchPart>,
     /// Where to work: put it on the kind of filesystem the instances use.
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
@@ -74,6 +86,13 @@ pub struct Verify {
     /// runs from the sandbox PATH and remove it, unless that process did.
     #[arg(long, hide = true)]
     pub rehearse_janitor: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchPart {
+    Bundle,
+    Verify,
+    Redeploy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
