@@ -250,12 +250,16 @@ fn normalize(raw: &[u8], shown: &str) -> Result<Option<String>, Box<Finding>> {
         )));
     };
     if text.starts_with('/') {
-        return Err(Box::new(err(
-            shown,
-            "archive.absolute-path",
-            "an absolute path in the archive (GNU tar strips the `/`, other tools write to it)".into(),
-            "store paths relative to the revision root",
-        )));
+        return Err(Box::new(
+            err(
+                shown,
+                "archive.absolute-path",
+                "an absolute path in the archive (GNU tar and unzip strip the `/`, other tools write to it)"
+                    .into(),
+                "store paths relative to the revision root",
+            )
+            .accepted(),
+        ));
     }
     if text.chars().any(char::is_control) {
         return Err(Box::new(err(
@@ -335,7 +339,7 @@ impl Collector<'_> {
                     "archive.duplicate-entry",
                     "a second entry with this path: extraction keeps the last one, and a check of the first means nothing".into(),
                     "write each path once",
-                ));
+                ).accepted());
             }
         }
         if let Kind::Symlink { .. } = item.kind {
@@ -402,12 +406,15 @@ impl Collector<'_> {
 
     fn symlink(&mut self, path: &str, target: &str, shown: &str) -> Option<Kind> {
         if target.starts_with('/') || !link_stays_inside(path, target) {
-            self.findings.push(err(
-                shown,
-                "archive.symlink-escape",
-                format!("symlink to {target:?} points outside the revision"),
-                "make the link relative and inside the revision, or ship the file itself",
-            ));
+            self.findings.push(
+                err(
+                    shown,
+                    "archive.symlink-escape",
+                    format!("symlink to {target:?} points outside the revision"),
+                    "make the link relative and inside the revision, or ship the file itself",
+                )
+                .accepted(),
+            );
             return None;
         }
         Some(Kind::Symlink { target: target.to_owned() })
@@ -685,6 +692,7 @@ fn read_zip<R: Read + io::Seek>(file: R, names: R, c: &mut Collector<'_>) {
                         "a second entry with this path: extraction keeps the last one, and a check of the first means nothing".into(),
                         "write each path once",
                     )
+                    .accepted()
                 });
             }
         }

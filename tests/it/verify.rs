@@ -273,7 +273,7 @@ fn human_output_snapshot() {
         appspec.yml:4:3: error[appspec.hook-name]: unknown lifecycle event AfterInstal: the agent silently never runs it (did you mean `AfterInstall`?) (codedeploy-local: ArgumentError: appspec.yml file contains unknown lifecycle events: ["AfterInstal"]) (fix: rename it to AfterInstall)
         appspec.yml:6:14: error[appspec.timeout]: timeout 7200 is over 3600 seconds, the documented maximum for a hook; the agent accepts it but the deployment can be failed by the service (fix: keep each script under 3600 seconds and split long work across events)
         appspec.yml:9:11: error[appspec.mode-octal]: unquoted mode 0644 is the octal number 420 under YAML 1.1: the agent applies mode 420, not 644 (fix: quote it: mode: "0644")
-        verify bundle.tgz: FAILED: 5 errors (2 the deployment fails on, 3 the agent accepts: traps), 0 warnings, 0 notes (2 files)
+        verify bundle.tgz: FAILED: 5 errors (1 the deployment fails on, 4 the agent accepts: traps), 0 warnings, 0 notes (2 files)
     "#]]
     .assert_eq(&report.render_human("bundle.tgz"));
 }

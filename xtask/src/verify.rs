@@ -667,7 +667,8 @@ fn check_our_appspec(spec: &appspec::validate::Spec, release: &Release, findings
                     mapping.destination
                 ),
                 "remove the files: entry; deploy-hook builds the release from the archive",
-            ));
+            )
+            .accepted());
         }
     }
 }
