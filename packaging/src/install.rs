@@ -18,8 +18,13 @@ use appspec::{
 
 use crate::reader::{Item, Kind, Revision};
 
-/// Deeper than this, a directory copy is taken for a symlink loop.
-const MAX_DEPTH: usize = 64;
+/// Symlinks the kernel follows in one path lookup (MAXSYMLINKS); past them `File.directory?`
+/// is false (ELOOP) and the agent copies the link itself.
+const MAX_SYMLINKS: usize = 40;
+
+/// Instructions planned before the model gives up: symlinks to directories above them multiply
+/// the tree the agent copies.
+const MAX_INSTRUCTIONS: usize = 1_000_000;
 
 /// Directories stock Linux images ship with files in: a DISALLOW copy into them fails when the
 /// file is there already.
@@ -116,6 +121,10 @@ struct Builder<'a> {
     at: (usize, usize),
     /// One raise per entry: the agent stops at the first.
     raised: bool,
+    /// Copies and mkdirs planned so far.
+    instructions: usize,
+    /// The symlink loop reported, once.
+    looped: bool,
 }
 
 impl Builder<'_> {
@@ -132,6 +141,7 @@ impl Builder<'_> {
 
     /// `CommandBuilder#copy`.
     fn copy(&mut self, source: &str, destination: &str) {
+        self.instructions += 1;
         let destination = expand(destination);
         if let Some(first) = self.plan.copies.get(&destination) {
             let message = format!(
@@ -190,12 +200,13 @@ impl Builder<'_> {
 
     /// `Installer#generate_directory_copy`: `real` is the directory's path in the revision
     /// (empty for the root), `shown` the source path as the agent names it.
-    fn copy_dir(&mut self, real: &str, shown: &str, destination: &str, depth: usize) {
-        if depth > MAX_DEPTH {
+    fn copy_dir(&mut self, real: &str, shown: &str, destination: &str, hops: usize) {
+        self.instructions += 1;
+        if self.instructions > MAX_INSTRUCTIONS {
             self.raise(
-                "install.symlink-loop",
-                format!("{shown}: directories nest deeper than {MAX_DEPTH} levels through symlinks; the agent follows symlinks to directories and copies without end"),
-                "remove the symlink that points back up the tree",
+                "install.too-large",
+                format!("the Install step would copy more than {MAX_INSTRUCTIONS} files and directories: the agent follows symlinks to directories, and links to a directory above them copy the tree over and over"),
+                "remove the symlinks to directories above them, or install less",
             );
             return;
         }
@@ -216,13 +227,34 @@ impl Builder<'_> {
             let child_shown = join(shown, name);
             let child_dest = join(destination, name);
             match &item.kind {
-                Kind::Dir => self.copy_dir(path, &child_shown, &child_dest, depth + 1),
-                Kind::Symlink { .. } => match revision.resolve(path) {
-                    Some((target, Item { kind: Kind::Dir, .. })) => {
-                        self.copy_dir(&target, &child_shown, &child_dest, depth + 1)
+                Kind::Dir => self.copy_dir(path, &child_shown, &child_dest, hops),
+                Kind::Symlink { target } => {
+                    let linked = format!("{}/{target}", parent(&format!("/{path}")));
+                    let dir = match resolve_source(revision, &linked) {
+                        Source::Root => Some(String::new()),
+                        Source::Item(real, Item { kind: Kind::Dir, .. }) => Some(real),
+                        _ => None,
+                    };
+                    match dir {
+                        Some(dir) if hops < MAX_SYMLINKS => {
+                            if (dir.is_empty() || path.starts_with(&format!("{dir}/"))) && !self.looped {
+                                self.looped = true;
+                                let finding = Finding::file(
+                                    APPSPEC_FILE,
+                                    "install.symlink-loop",
+                                    Severity::Error,
+                                    format!("{child_shown} links to a directory above it: the agent follows it and copies the tree into itself {MAX_SYMLINKS} levels deep"),
+                                    "do not ship a symlink to a directory that holds it, or keep it out of files:",
+                                )
+                                .at(self.at.0, self.at.1)
+                                .accepted();
+                                self.plan.findings.push(finding);
+                            }
+                            self.copy_dir(&dir, &child_shown, &child_dest, hops + 1)
+                        }
+                        _ => self.copy(&child_shown, &child_dest),
                     }
-                    _ => self.copy(&child_shown, &child_dest),
-                },
+                }
                 Kind::File { .. } => self.copy(&child_shown, &child_dest),
             }
         }
@@ -389,7 +421,14 @@ fn simple_glob(name: &str, pattern: &str) -> bool {
 /// Plans the Install step of `spec` against `revision` and reports every condition under which
 /// the agent raises there.
 pub fn plan(revision: &Revision, spec: &Spec) -> Plan {
-    let mut b = Builder { revision, plan: Plan::default(), at: (1, 1), raised: false };
+    let mut b = Builder {
+        revision,
+        plan: Plan::default(),
+        at: (1, 1),
+        raised: false,
+        instructions: 0,
+        looped: false,
+    };
     for mapping in &spec.files {
         b.files(mapping);
     }

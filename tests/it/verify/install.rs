@@ -167,3 +167,23 @@ fn install_messages_are_the_agents() {
     expect_test::expect![[r#"appspec.yml:13:5: error[install.permission-twice]: The deployment failed because the permissions setting for (/srv/app/a.txt) is specified more than once in the application specification file. Update the files section of the AppSpec file, and then try again. (fails at Install) (fix: give each installed path permissions from one entry only (narrow `pattern`, add `except`, or split by `type`))"#]]
     .assert_eq(&message(&twice, "install.permission-twice"));
 }
+
+#[test]
+fn symlinks_to_directories_above_them() {
+    let run = |links: &[(&str, &str)]| {
+        let mut members = revision("files:\n  - source: app\n    destination: /srv/app\n");
+        for (path, target) in links {
+            members.push(Member::link(path, tar::EntryType::Symlink, target));
+        }
+        let report = verify_bytes("bundle.tgz", &gzip(&tar_bytes(&members)), &Options::default());
+        let mut got: Vec<String> =
+            report.findings.iter().map(code).filter(|c| c != "N:appspec.files-replaced").collect();
+        got.sort();
+        got
+    };
+    // The agent follows it: 40 nested copies (then ELOOP), a trap rather than a failure.
+    assert_eq!(run(&[("app/self", ".")]), ["T:install.symlink-loop"]);
+    // Two ways down at every level (the root also holds `link -> app`) double the tree each
+    // time: the model stops at its budget, where the agent would not finish.
+    assert_eq!(run(&[("app/up", "..")]), ["E:install.too-large", "T:install.symlink-loop"]);
+}
