@@ -276,6 +276,26 @@ impl Builder<'_> {
             _ => {
                 let base = mapping.source.trim_end_matches('/').rsplit('/').next().unwrap_or("");
                 let target = join(&mapping.destination, base);
+                let dest_name = expand(&mapping.destination).rsplit('/').next().unwrap_or("").to_owned();
+                if !base.is_empty() && dest_name == base {
+                    // `destination` is always a directory: no renaming, and no file of that name.
+                    let finding = Finding::file(
+                        APPSPEC_FILE,
+                        "install.destination-is-directory",
+                        Severity::Error,
+                        format!(
+                            "destination {} is a directory to the agent: the file is installed as {}, not as {}, and if a file {} exists there the copy fails",
+                            mapping.destination,
+                            expand(&target),
+                            expand(&mapping.destination),
+                            expand(&mapping.destination)
+                        ),
+                        "give the directory as destination (the file keeps its name)",
+                    )
+                    .at(mapping.line, mapping.col)
+                    .accepted();
+                    self.plan.findings.push(finding);
+                }
                 self.ancestors(&target);
                 self.copy(&shown, &target);
             }

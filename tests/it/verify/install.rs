@@ -127,6 +127,11 @@ fn install_step_cases() {
             "files:\n  - source: app\n    destination: /srv/app\npermissions:\n  - object: /srv/app\n    acls: ['default:group:staff:r-x']\n",
             &["E:install.default-acl-on-file", "W:appspec.acls-local"],
         ),
+        (
+            "a file's destination named after the file",
+            "files:\n  - source: index.html\n    destination: /var/www/site/index.html\n",
+            &["T:install.destination-is-directory"],
+        ),
         // ----- depends on the instance
         (
             "DISALLOW into a directory stock images fill",
