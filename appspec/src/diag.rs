@@ -9,6 +9,8 @@ pub enum Severity {
     Error,
     /// The agent accepts it, but it is likely a mistake or will hurt later.
     Warning,
+    /// Worth knowing, not a mistake: behaviour of the agent a reader may not expect.
+    Note,
 }
 
 impl Severity {
@@ -17,6 +19,27 @@ impl Severity {
         match self {
             Severity::Error => "error",
             Severity::Warning => "warning",
+            Severity::Note => "note",
+        }
+    }
+}
+
+/// What the CodeDeploy agent does with the thing a finding is about: the line between a
+/// deployment that certainly fails and a trap the agent accepts silently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Agent {
+    /// The deployment fails (at validation, at Install, or in a hook).
+    Fails,
+    /// The agent accepts it, but it does not do what it says (or may hurt later).
+    Accepts,
+}
+
+impl Agent {
+    /// `fails` or `accepts`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Agent::Fails => "fails",
+            Agent::Accepts => "accepts",
         }
     }
 }
@@ -32,8 +55,11 @@ pub struct Finding {
     pub col: Option<usize>,
     /// A stable rule id such as `appspec.version` or `archive.path-traversal`.
     pub rule: &'static str,
-    /// Error or warning.
+    /// Error, warning or note.
     pub severity: Severity,
+    /// Whether the deployment fails on it or the agent accepts it; by default errors fail and
+    /// the rest are accepted, [`Finding::accepted`] and [`Finding::fails`] say otherwise.
+    pub agent: Agent,
     /// What is wrong; the agent's own message where it has one.
     pub message: String,
     /// A one-line fix.
@@ -55,6 +81,7 @@ impl Finding {
             col: None,
             rule,
             severity,
+            agent: if severity == Severity::Error { Agent::Fails } else { Agent::Accepts },
             message: message.into(),
             fix: fix.into(),
         }
@@ -65,6 +92,23 @@ impl Finding {
         self.line = Some(line);
         self.col = Some(col);
         self
+    }
+
+    /// The same finding, marked as one the agent accepts (a trap, not a failure).
+    pub fn accepted(mut self) -> Finding {
+        self.agent = Agent::Accepts;
+        self
+    }
+
+    /// The same finding, marked as one the deployment fails on.
+    pub fn fails(mut self) -> Finding {
+        self.agent = Agent::Fails;
+        self
+    }
+
+    /// True when the deployment fails on it.
+    pub fn agent_fails(&self) -> bool {
+        self.agent == Agent::Fails
     }
 
     /// True for errors.

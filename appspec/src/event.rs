@@ -99,7 +99,7 @@ pub fn is_deployment_id(id: &str) -> bool {
     !body.is_empty() && body.len() <= 64 && body.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-/// The variables the agent sets for every hook script (CODEDEPLOY.md §2.4).
+/// The variables the agent sets for every hook script (`hook_executor.rb:106`, `@child_envs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HookEnv {
     /// `$LIFECYCLE_EVENT`, kept as given: an unknown name is not an error here.

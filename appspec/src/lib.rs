@@ -2,7 +2,7 @@
 //! the AppSpec file we render for EC2/on-prem deployments.
 //!
 //! The facts encoded here come from the agent's source (aws/aws-codedeploy-agent 1.8.1); see
-//! `shared/docs/CODEDEPLOY.md` for the evidence behind each of them.
+//! `docs/codedeploy-agent.md` for the source lines behind each of them.
 #![warn(missing_docs)]
 
 #[cfg(feature = "verify")]

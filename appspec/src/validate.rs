@@ -6,7 +6,7 @@
 
 use crate::{
     LifecycleEvent, MAX_HOOK_TIMEOUT,
-    diag::{Finding, Severity},
+    diag::{Agent, Finding, Severity},
     yaml::{self, Node, Style, Value},
     yaml11,
 };
@@ -42,6 +42,25 @@ pub struct FileMapping {
     pub col: usize,
 }
 
+/// One `permissions:` entry, as the agent's `LinuxPermissionInfo` holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permission {
+    /// `object.to_s.strip`: an instance path.
+    pub object: String,
+    /// `pattern`, `**` when absent.
+    pub pattern: String,
+    /// `except`, empty when absent.
+    pub except: Vec<String>,
+    /// `type`, `[file, directory]` when absent.
+    pub types: Vec<String>,
+    /// True when `acls` holds a default (`d:`) entry.
+    pub default_acl: bool,
+    /// Where the entry is written.
+    pub line: usize,
+    /// Its column.
+    pub col: usize,
+}
+
 /// What the other checks need from a readable appspec.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Spec {
@@ -49,6 +68,11 @@ pub struct Spec {
     pub scripts: Vec<Script>,
     /// `files:` entries.
     pub files: Vec<FileMapping>,
+    /// `permissions:` entries the agent reads without raising.
+    pub permissions: Vec<Permission>,
+    /// `file_exists_behavior` when valid; `None` means the deployment's setting, by default
+    /// DISALLOW.
+    pub file_exists_behavior: Option<String>,
 }
 
 /// The findings, and the parts later checks use (empty when the YAML does not load).
@@ -71,6 +95,8 @@ const EVENTS_NEVER_RUN: [&str; 2] = ["Install", "DownloadBundle"];
 
 struct Ctx {
     findings: Vec<Finding>,
+    /// Positions of keys the agent ignores: their values get no finding of their own.
+    ignored: Vec<yaml::Pos>,
 }
 
 impl Ctx {
@@ -83,6 +109,13 @@ impl Ctx {
     }
     fn warn(&mut self, node: &Node, rule: &'static str, message: impl Into<String>, fix: &str) {
         self.push(node, rule, Severity::Warning, message.into(), fix);
+    }
+    /// An error the agent accepts silently: the deployment goes on, but not as written.
+    fn trap(&mut self, node: &Node, rule: &'static str, message: impl Into<String>, fix: &str) {
+        self.push(node, rule, Severity::Error, message.into(), fix);
+        if let Some(last) = self.findings.last_mut() {
+            last.agent = Agent::Accepts;
+        }
     }
     /// A Ruby crash (NoMethodError, TypeError) the agent reports as the event's failure.
     fn crash(&mut self, node: &Node, rule: &'static str, message: String, fix: &str) {
@@ -97,7 +130,7 @@ fn no_method(method: &str, node: &Node) -> String {
 /// Validates appspec.yml text as the Linux agent reads it.
 pub fn validate(text: &str) -> Validation {
     let loaded = yaml::load(text);
-    let mut ctx = Ctx { findings: Vec::new() };
+    let mut ctx = Ctx { findings: Vec::new(), ignored: Vec::new() };
     for mut f in loaded.findings {
         f.file = APPSPEC_FILE.to_owned();
         ctx.findings.push(f);
@@ -151,6 +184,24 @@ const FILE_KEYS: [&str; 2] = ["source", "destination"];
 const PERMISSION_KEYS: [&str; 9] =
     ["object", "pattern", "except", "owner", "group", "mode", "acls", "context", "type"];
 
+/// Keys a misplaced indentation turns into top-level keys, and where they belong.
+const NESTED_KEYS: [(&str, &str); 14] = [
+    ("location", "hooks: <event>:"),
+    ("timeout", "hooks: <event>:"),
+    ("runas", "hooks: <event>:"),
+    ("source", "files:"),
+    ("destination", "files:"),
+    ("object", "permissions:"),
+    ("pattern", "permissions:"),
+    ("except", "permissions:"),
+    ("owner", "permissions:"),
+    ("group", "permissions:"),
+    ("mode", "permissions:"),
+    ("acls", "permissions:"),
+    ("context", "permissions:"),
+    ("type", "permissions:"),
+];
+
 fn check_keys(map: &Node, known: &[&str], what: &str, ctx: &mut Ctx) {
     let Value::Map(pairs) = &map.value else { return };
     for (key, _) in pairs {
@@ -161,12 +212,38 @@ fn check_keys(map: &Node, known: &[&str], what: &str, ctx: &mut Ctx) {
         if known.contains(&name.as_str()) {
             continue;
         }
-        if let Some(right) = known.iter().find(|k| k.eq_ignore_ascii_case(&name)) {
-            ctx.error(
+        ctx.ignored.push(key.pos);
+        let close = known.iter().find(|k| k.eq_ignore_ascii_case(&name)).or_else(|| {
+            known
+                .iter()
+                .filter(|k| {
+                    k.len() > 3 && edit_distance(&k.to_ascii_lowercase(), &name.to_ascii_lowercase()) <= 2
+                })
+                .min_by_key(|k| edit_distance(&k.to_ascii_lowercase(), &name.to_ascii_lowercase()))
+        });
+        let nested = (what == "top-level")
+            .then(|| {
+                NESTED_KEYS
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, under)| *under)
+                    .or_else(|| LifecycleEvent::from_name(&name).is_some().then_some("hooks:"))
+            })
+            .flatten();
+        if let Some(right) = close {
+            let how = if right.eq_ignore_ascii_case(&name) { "keys are case-sensitive and " } else { "" };
+            ctx.trap(
                 key,
                 "appspec.unknown-key",
-                format!("{what} key `{name}` is not `{right}`: keys are case-sensitive and the agent silently ignores this one"),
+                format!("{what} key `{name}` is not `{right}`: {how}the agent silently ignores this one, so what it holds never applies (did you mean `{right}`?)"),
                 &format!("rename it to `{right}`"),
+            );
+        } else if let Some(under) = nested {
+            ctx.trap(
+                key,
+                "appspec.unknown-key",
+                format!("`{name}` is a top-level key here, where the agent ignores it: it belongs under `{under}` (an indentation slip?)"),
+                &format!("indent it under `{under}`"),
             );
         } else {
             let hint = if what == "top-level" && matches!(name.as_str(), "Resources" | "Hooks") {
@@ -186,7 +263,6 @@ fn check_keys(map: &Node, known: &[&str], what: &str, ctx: &mut Ctx) {
 
 fn check_root(root: &Node, ctx: &mut Ctx) -> Spec {
     check_keys(root, &TOP_KEYS, "top-level", ctx);
-    check_bool_traps(root, ctx);
     let key_node = |key: &str| root.get(key);
 
     // version: `[0.0].include?(version)`, Ruby `==`.
@@ -240,11 +316,13 @@ fn check_root(root: &Node, ctx: &mut Ctx) -> Spec {
         check_files(files, ctx, &mut spec);
     }
     if let Some(permissions) = key_node("permissions").filter(|h| h.is_truthy()) {
-        check_permissions(permissions, os.and_then(Node::as_str), ctx);
+        check_permissions(permissions, os.and_then(Node::as_str), ctx, &mut spec);
     }
     if let Some(feb) = key_node("file_exists_behavior").filter(|h| !h.is_null()) {
         let valid = ["DISALLOW", "OVERWRITE", "RETAIN"];
-        if !feb.as_str().is_some_and(|s| valid.contains(&s)) {
+        if let Some(valid) = feb.as_str().filter(|s| valid.contains(s)) {
+            spec.file_exists_behavior = Some(valid.to_owned());
+        } else {
             ctx.error(
                 feb,
                 "appspec.file-exists-behavior",
@@ -256,6 +334,7 @@ fn check_root(root: &Node, ctx: &mut Ctx) -> Spec {
             );
         }
     }
+    check_bool_traps(root, ctx);
     spec
 }
 
@@ -279,6 +358,10 @@ fn check_bool_traps(node: &Node, ctx: &mut Ctx) {
         Value::Seq(items) => items.iter().for_each(|i| check_bool_traps(i, ctx)),
         Value::Map(pairs) => {
             for (k, v) in pairs {
+                // One cause, one finding: an ignored key already has its own.
+                if ctx.ignored.contains(&k.pos) {
+                    continue;
+                }
                 check_bool_traps(k, ctx);
                 check_bool_traps(v, ctx);
             }
@@ -302,7 +385,8 @@ fn check_hooks(hooks: &Node, ctx: &mut Ctx, spec: &mut Spec) {
         let runs = if LifecycleEvent::from_name(&name).is_some() && matches!(name_node.value, Value::Str(_)) {
             true
         } else if EVENTS_NEVER_RUN.contains(&name.as_str()) {
-            ctx.error(
+            ctx.ignored.push(name_node.pos);
+            ctx.trap(
                 name_node,
                 "appspec.hook-name",
                 format!("{name} is the agent's own step: a script listed under it passes validation but is never run"),
@@ -321,11 +405,13 @@ fn check_hooks(hooks: &Node, ctx: &mut Ctx, spec: &mut Spec) {
                     LifecycleEvent::ALL.iter().map(|e| e.name()).collect::<Vec<_>>().join(", ")
                 ),
             };
-            ctx.error(
+            let guess = suggestion.map(|e| format!(" (did you mean `{e}`?)")).unwrap_or_default();
+            ctx.ignored.push(name_node.pos);
+            ctx.trap(
                 name_node,
                 "appspec.hook-name",
                 format!(
-                    "unknown lifecycle event {}: the agent silently never runs it (codedeploy-local: ArgumentError: appspec.yml file contains unknown lifecycle events: [{}])",
+                    "unknown lifecycle event {}: the agent silently never runs it{guess} (codedeploy-local: ArgumentError: appspec.yml file contains unknown lifecycle events: [{}])",
                     name_node.raw,
                     name_node.ruby_inspect()
                 ),
@@ -517,7 +603,7 @@ fn check_timeout(t: &Node, ctx: &mut Ctx) -> i128 {
     if value <= 0 {
         ctx.error(t, "appspec.timeout", invalid, "write a whole number of seconds, 1 to 3600");
     } else if value > i128::from(MAX_HOOK_TIMEOUT) {
-        ctx.error(
+        ctx.trap(
             t,
             "appspec.timeout",
             format!("timeout {value} is over {MAX_HOOK_TIMEOUT} seconds, the documented maximum for a hook; the agent accepts it but the deployment can be failed by the service"),
@@ -602,12 +688,16 @@ fn check_files(files: &Node, ctx: &mut Ctx, spec: &mut Spec) {
             ),
             (Some(source), Some(destination)) => {
                 let dest = destination.ruby_to_s();
-                ctx.warn(
-                    entry,
-                    "appspec.files-replaced",
-                    format!("files: {} -> {dest}: whatever this installs is deleted at the start of the next deployment's Install step, and DISALLOW fails on files it did not install itself", source.ruby_to_s()),
-                    "copy files in an AfterInstall hook instead, or treat the destination as disposable",
-                );
+                if spec.files.is_empty() {
+                    // Once per appspec: true of every entry, and of almost every revision.
+                    ctx.push(
+                        entry,
+                        "appspec.files-replaced",
+                        Severity::Note,
+                        "what files: installs is deleted at the start of the next deployment's Install step (of the same deployment group), and with DISALLOW (the default) the Install fails on a file already at a destination that the previous deployment did not install".to_owned(),
+                        "treat files: destinations as owned by CodeDeploy; copy in an AfterInstall hook what must outlive the next deployment",
+                    );
+                }
                 if escapes(&source.ruby_to_s()) {
                     ctx.error(source, "appspec.files-source", format!("source {} points outside the revision", source.raw), "use a path inside the revision");
                 }
@@ -622,7 +712,7 @@ fn check_files(files: &Node, ctx: &mut Ctx, spec: &mut Spec) {
     }
 }
 
-fn check_permissions(permissions: &Node, os: Option<&str>, ctx: &mut Ctx) {
+fn check_permissions(permissions: &Node, os: Option<&str>, ctx: &mut Ctx, spec: &mut Spec) {
     let Value::Seq(items) = &permissions.value else {
         if matches!(&permissions.value, Value::Map(pairs) if pairs.is_empty()) {
             return;
@@ -647,18 +737,23 @@ fn check_permissions(permissions: &Node, os: Option<&str>, ctx: &mut Ctx) {
         }
         check_keys(permission, &PERMISSION_KEYS, "permission", ctx);
         let no_object = "The deployment failed because a permission listed in the application specification file has no object value. Update the permissions section of the AppSpec file, and then try again.";
-        match permission.get("object").filter(|o| !o.is_null()) {
-            None => ctx.error(
-                permission,
-                "appspec.permission-object",
-                no_object,
-                "add `object:` (an installed path)",
-            ),
-            Some(object) if object.ruby_to_s().trim().is_empty() => {
-                ctx.error(object, "appspec.permission-object", no_object, "give the installed path")
+        let object = match permission.get("object").filter(|o| !o.is_null()) {
+            None => {
+                ctx.error(
+                    permission,
+                    "appspec.permission-object",
+                    no_object,
+                    "add `object:` (an installed path)",
+                );
+                None
             }
-            Some(_) => {}
-        }
+            Some(object) if object.ruby_to_s().trim().is_empty() => {
+                ctx.error(object, "appspec.permission-object", no_object, "give the installed path");
+                None
+            }
+            Some(object) => Some(object.ruby_to_s().trim().to_owned()),
+        };
+        let before = ctx.findings.iter().filter(|f| f.agent_fails()).count();
         if os == Some("windows") {
             ctx.error(permission, "appspec.permission-windows", "The deployment failed because the application specification file specifiles file permissions, but the deployment is targeting one or more Windows Server instances. Permissions are supported only for Amazon Linux, Ubuntu Server, and Red Hat Enterprise Linux (RHEL) instances. Update the permissions section of the AppSpec file, and then try again.", "remove permissions, or target Linux");
             continue;
@@ -743,7 +838,34 @@ fn check_permissions(permissions: &Node, os: Option<&str>, ctx: &mut Ctx) {
         if let Some(context) = permission.get("context").filter(|c| !c.is_null()) {
             check_context(context, ctx);
         }
+        // The Install step's model needs the entries the agent reads without raising.
+        if let Some(object) = object
+            && ctx.findings.iter().filter(|f| f.agent_fails()).count() == before
+        {
+            let strings = |key: &str| -> Option<Vec<String>> {
+                match permission.get(key).map(|n| &n.value) {
+                    Some(Value::Seq(items)) => Some(items.iter().map(Node::ruby_to_s).collect()),
+                    _ => None,
+                }
+            };
+            let pattern = permission.get("pattern").filter(|p| !p.is_null());
+            spec.permissions.push(Permission {
+                object,
+                pattern: pattern.map_or_else(|| "**".to_owned(), Node::ruby_to_s),
+                except: strings("except").unwrap_or_default(),
+                types: strings("type").unwrap_or_else(|| vec!["file".into(), "directory".into()]),
+                default_acl: strings("acls").is_some_and(|aces| aces.iter().any(|a| ace_is_default(a))),
+                line: permission.pos.line,
+                col: permission.pos.col,
+            });
+        }
     }
+}
+
+/// `AceInfo#default`: the entry starts with `d:` or `default:` (validated by [`check_ace`]).
+fn ace_is_default(ace: &str) -> bool {
+    let parts: Vec<&str> = ace.split(':').collect();
+    parts.len() >= 3 && matches!(parts[0], "d" | "default")
 }
 
 fn check_mode(node: &Node, ctx: &mut Ctx) {
@@ -772,7 +894,7 @@ fn check_mode(node: &Node, ctx: &mut Ctx) {
         return;
     }
     if leading_zero_int {
-        ctx.error(node, "appspec.mode-octal", format!("unquoted mode {} is the octal number {} under YAML 1.1: the agent applies mode {mode}, not {}", node.raw, node.ruby_to_s(), node.raw.trim_start_matches('0')), &format!("quote it: mode: \"{}\"", node.raw));
+        ctx.trap(node, "appspec.mode-octal", format!("unquoted mode {} is the octal number {} under YAML 1.1: the agent applies mode {mode}, not {}", node.raw, node.ruby_to_s(), node.raw.trim_start_matches('0')), &format!("quote it: mode: \"{}\"", node.raw));
     } else if !matches!(node.value, Value::Int(_) | Value::Str(_)) {
         ctx.warn(
             node,

@@ -1,6 +1,7 @@
 //! A YAML view of appspec.yml as the agent's `YAML.load` (Ruby Psych 4, YAML 1.1) sees it, with
-//! the position, style and raw text of every node: the first document only, duplicate keys kept
-//! (the last one wins on lookup), aliases refused, merge keys (`<<`) applied.
+//! the position, style and raw text of every node: the first document only, a repeated key
+//! reported and then dropped as Ruby's Hash drops it (the last value wins), aliases refused,
+//! merge keys (`<<`) applied.
 
 use saphyr_parser::{Event, Parser, ScalarStyle};
 
@@ -52,7 +53,7 @@ pub enum Value {
     Disallowed(&'static str),
     /// An Array.
     Seq(Vec<Node>),
-    /// A Hash, in source order, duplicates included.
+    /// A Hash, in source order; after [`load`] a repeated key holds only its last value.
     Map(Vec<(Node, Node)>),
 }
 
@@ -165,15 +166,7 @@ pub struct Loaded {
 }
 
 fn finding(rule: &'static str, severity: Severity, pos: Pos, message: String, fix: &str) -> Finding {
-    Finding {
-        file: String::new(),
-        line: Some(pos.line),
-        col: Some(pos.col),
-        rule,
-        severity,
-        message,
-        fix: fix.to_owned(),
-    }
+    Finding::file(String::new(), rule, severity, message, fix).at(pos.line, pos.col)
 }
 
 struct Builder<'a> {
@@ -414,6 +407,7 @@ pub fn load(text: &str) -> Loaded {
     if let Some(root) = &root {
         check_duplicates(root, &mut findings);
     }
+    let root = root.map(keep_last);
     findings.sort_by_key(|f| (f.line, f.col));
     Loaded { root: root.filter(|r| !matches!(r.value, Value::Null | Value::Bool(false))), findings }
 }
@@ -473,6 +467,28 @@ fn check_duplicates(node: &Node, findings: &mut Vec<Finding>) {
     }
 }
 
+/// The Hash the agent builds: a repeated key keeps its first place and its last value, and the
+/// discarded value is gone, so no later check looks at it.
+fn keep_last(node: Node) -> Node {
+    let Node { value, pos, style, raw } = node;
+    let value = match value {
+        Value::Seq(items) => Value::Seq(items.into_iter().map(keep_last).collect()),
+        Value::Map(pairs) => {
+            let mut out: Vec<(Node, Node)> = Vec::with_capacity(pairs.len());
+            for (key, value) in pairs {
+                let value = keep_last(value);
+                match out.iter_mut().find(|(k, _)| same_key(&k.value, &key.value)) {
+                    Some(slot) => *slot = (key, value),
+                    None => out.push((key, value)),
+                }
+            }
+            Value::Map(out)
+        }
+        other => other,
+    };
+    Node { value, pos, style, raw }
+}
+
 /// libyaml refuses tabs in indentation ("found character that cannot start any token").
 fn check_tabs(b: &mut Builder<'_>) {
     for (idx, line) in b.text.lines().enumerate() {
@@ -525,6 +541,7 @@ mod tests {
         let loaded = load("a: 1\na: 2\n---\nb: 3\n");
         let root = loaded.root.as_ref().unwrap();
         assert_eq!(root.get("a").unwrap().value, Value::Int(2));
+        assert!(matches!(&root.value, Value::Map(pairs) if pairs.len() == 1), "{root:?}");
         let rules: Vec<_> = loaded.findings.iter().map(|f| f.rule).collect();
         assert_eq!(rules, ["yaml.duplicate-key", "yaml.multiple-documents"]);
     }

@@ -17,6 +17,8 @@ pub mod bundle;
 #[cfg(feature = "verify")]
 pub mod inspect;
 #[cfg(feature = "verify")]
+pub mod install;
+#[cfg(feature = "verify")]
 pub mod reader;
 #[cfg(feature = "build")]
 pub mod render;

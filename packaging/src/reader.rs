@@ -147,6 +147,88 @@ struct Collector<'a> {
     /// Entries owned by another uid or gid than 0, and the first of them.
     foreign_owners: usize,
     first_foreign_owner: Option<String>,
+    /// Hashes file contents on another core while this one decompresses.
+    hasher: HashPipe,
+}
+
+/// Bytes of file content per message to the hashing thread: many small files share one.
+const BATCH: usize = 1 << 20;
+
+/// Content for the hashing thread: `buf[..filled]`, where each offset in `ends` closes a file
+/// and the bytes after the last one continue a file into the next batch.
+struct Batch {
+    buf: Vec<u8>,
+    filled: usize,
+    ends: Vec<usize>,
+}
+
+/// A thread that hashes each file's content, in the order the files were read, so inflating
+/// and hashing use two cores; the reader marks a file's `sha256` as `#N` (the N-th file) until
+/// [`HashPipe::finish`] gives the hashes.
+struct HashPipe {
+    tx: std::sync::mpsc::SyncSender<Batch>,
+    free: std::sync::mpsc::Receiver<Vec<u8>>,
+    thread: std::thread::JoinHandle<Vec<String>>,
+    batch: Batch,
+    files: usize,
+}
+
+impl HashPipe {
+    fn start() -> HashPipe {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(4);
+        let (free_tx, free) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let mut hashes = Vec::new();
+            let mut hasher = Sha256::new();
+            for Batch { buf, filled, ends } in rx {
+                let mut start = 0;
+                for end in ends {
+                    hasher.update(&buf[start..end]);
+                    hashes.push(hex(&hasher.finalize_reset()));
+                    start = end;
+                }
+                hasher.update(&buf[start..filled]);
+                // The reader may be gone already; the buffer is then dropped.
+                let _ = free_tx.send(buf);
+            }
+            hashes
+        });
+        HashPipe {
+            tx,
+            free,
+            thread,
+            batch: Batch { buf: vec![0; BATCH], filled: 0, ends: Vec::new() },
+            files: 0,
+        }
+    }
+
+    /// Room for content at the end of the batch, sending it off when full.
+    fn room(&mut self) -> &mut [u8] {
+        if self.batch.filled == BATCH {
+            self.flush();
+        }
+        &mut self.batch.buf[self.batch.filled..]
+    }
+
+    fn flush(&mut self) {
+        let buf = self.free.try_recv().unwrap_or_else(|_| vec![0; BATCH]);
+        let full = std::mem::replace(&mut self.batch, Batch { buf, filled: 0, ends: Vec::new() });
+        self.tx.send(full).expect("the hashing thread outlives the reader");
+    }
+
+    /// Closes the current file; its hash will be the `index`-th.
+    fn end_file(&mut self) -> usize {
+        self.batch.ends.push(self.batch.filled);
+        self.files += 1;
+        self.files - 1
+    }
+
+    /// Every file's hash, in the order the files were read.
+    fn finish(mut self) -> Vec<String> {
+        self.flush();
+        drop(self.tx);
+        self.thread.join().expect("the hashing thread does not panic")
+    }
 }
 
 fn err(file: &str, rule: &'static str, message: String, fix: &str) -> Finding {
@@ -168,12 +250,16 @@ fn normalize(raw: &[u8], shown: &str) -> Result<Option<String>, Box<Finding>> {
         )));
     };
     if text.starts_with('/') {
-        return Err(Box::new(err(
-            shown,
-            "archive.absolute-path",
-            "an absolute path in the archive (GNU tar strips the `/`, other tools write to it)".into(),
-            "store paths relative to the revision root",
-        )));
+        return Err(Box::new(
+            err(
+                shown,
+                "archive.absolute-path",
+                "an absolute path in the archive (GNU tar and unzip strip the `/`, other tools write to it)"
+                    .into(),
+                "store paths relative to the revision root",
+            )
+            .accepted(),
+        ));
     }
     if text.chars().any(char::is_control) {
         return Err(Box::new(err(
@@ -227,7 +313,9 @@ fn normalize_link_target(target: &str) -> Option<String> {
 
 impl Collector<'_> {
     fn add(&mut self, path: String, item: Item, shown: &str) {
-        if let Some(parent) = self.symlinks.iter().find(|s| path.starts_with(&format!("{s}/"))) {
+        // Each ancestor is one lookup: linear in the entries, whatever the number of symlinks.
+        let mut ancestors = path.match_indices('/').map(|(i, _)| &path[..i]);
+        if let Some(parent) = ancestors.find(|a| self.symlinks.contains(*a)) {
             self.findings.push(err(
                 shown,
                 "archive.symlink-parent",
@@ -251,7 +339,7 @@ impl Collector<'_> {
                     "archive.duplicate-entry",
                     "a second entry with this path: extraction keeps the last one, and a check of the first means nothing".into(),
                     "write each path once",
-                ));
+                ).accepted());
             }
         }
         if let Kind::Symlink { .. } = item.kind {
@@ -286,39 +374,47 @@ impl Collector<'_> {
         }
     }
 
-    /// Reads a file's content: hash, size, and the bytes when they fit the retention cap.
+    /// Reads a file's content: size, and the bytes when they fit the retention cap; the hash is
+    /// computed on the hashing thread and filled in by [`finish`].
     fn content(&mut self, reader: &mut dyn Read, size_hint: u64) -> io::Result<Kind> {
         let keep =
             size_hint <= self.limits.max_entry && self.retained + size_hint <= self.limits.max_retained;
-        let mut hasher = Sha256::new();
         let mut data = if keep { Some(Vec::with_capacity(size_hint.min(1 << 20) as usize)) } else { None };
-        let mut buf = vec![0u8; 64 * 1024];
         let mut size = 0u64;
-        loop {
-            let n = reader.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            size += n as u64;
-            hasher.update(&buf[..n]);
+        let result = loop {
+            let room = self.hasher.room();
+            let n = match reader.read(room) {
+                Ok(0) => break Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => break Err(e),
+            };
             if let Some(data) = &mut data {
-                data.extend_from_slice(&buf[..n]);
+                data.extend_from_slice(&room[..n]);
             }
-        }
+            self.hasher.batch.filled += n;
+            size += n as u64;
+        };
+        // Every file read gets its end, so the thread's hashes stay in step with the files.
+        let index = self.hasher.end_file();
+        result?;
         if data.is_some() {
             self.retained += size;
         }
-        Ok(Kind::File { size, sha256: hex(&hasher.finalize()), data })
+        Ok(Kind::File { size, sha256: format!("#{index}"), data })
     }
 
     fn symlink(&mut self, path: &str, target: &str, shown: &str) -> Option<Kind> {
         if target.starts_with('/') || !link_stays_inside(path, target) {
-            self.findings.push(err(
-                shown,
-                "archive.symlink-escape",
-                format!("symlink to {target:?} points outside the revision"),
-                "make the link relative and inside the revision, or ship the file itself",
-            ));
+            self.findings.push(
+                err(
+                    shown,
+                    "archive.symlink-escape",
+                    format!("symlink to {target:?} points outside the revision"),
+                    "make the link relative and inside the revision, or ship the file itself",
+                )
+                .accepted(),
+            );
             return None;
         }
         Some(Kind::Symlink { target: target.to_owned() })
@@ -340,6 +436,7 @@ pub fn read(path: &Path, limits: &Limits) -> Result<Revision, ReadError> {
         retained: 0,
         foreign_owners: 0,
         first_foreign_owner: None,
+        hasher: HashPipe::start(),
     };
     if meta.is_dir() {
         read_dir(path, &mut collector).map_err(io_err)?;
@@ -349,10 +446,10 @@ pub fn read(path: &Path, limits: &Limits) -> Result<Revision, ReadError> {
         let n = file.read(&mut magic).map_err(io_err)?;
         drop(file);
         if n >= 2 && magic[..2] == [b'P', b'K'] {
-            return Err(ReadError::Unsupported {
-                path: shown,
-                what: "a zip archive: only .tgz, .tar and directories are checked".into(),
-            });
+            let file = BufReader::new(fs::File::open(path).map_err(io_err)?);
+            let names = BufReader::new(fs::File::open(path).map_err(io_err)?);
+            read_zip(file, names, &mut collector);
+            return Ok(finish(collector));
         }
         let file = BufReader::new(fs::File::open(path).map_err(io_err)?);
         let gzip = n >= 2 && magic[..2] == [0x1f, 0x8b];
@@ -366,7 +463,8 @@ pub fn read(path: &Path, limits: &Limits) -> Result<Revision, ReadError> {
 fn read_tar(stream: Box<dyn Read>, gzip: bool, c: &mut Collector<'_>) {
     let state = Rc::new(RefCell::new(StreamState::default()));
     let counting = Counting { inner: stream, count: 0, cap: c.limits.max_expanded, state: state.clone() };
-    let mut archive = tar::Archive::new(counting);
+    // tar reads 512-byte headers: a large buffer keeps those small reads off the decoder.
+    let mut archive = tar::Archive::new(io::BufReader::with_capacity(128 * 1024, counting));
     let name = c.name.clone();
     let stream_failure = |state: &StreamState, e: &io::Error| -> Finding {
         if state.over_cap {
@@ -541,6 +639,226 @@ fn read_tar(stream: Box<dyn Read>, gzip: bool, c: &mut Collector<'_>) {
     }
 }
 
+/// What a zip entry's Unix mode (external attributes, high half) says it is.
+const S_IFMT: u32 = 0o170000;
+const S_IFDIR: u32 = 0o040000;
+const S_IFREG: u32 = 0o100000;
+const S_IFLNK: u32 = 0o120000;
+
+/// Reads a zip as the agent's `unzip -qo` extracts it: the central directory decides what
+/// exists, a repeated name keeps the last entry, a Unix mode with S_IFLNK is a symlink whose
+/// content is its target, setuid, setgid and sticky bits are dropped (unzip keeps them only with
+/// -K), and entries without a Unix mode get 0644 (0755 for directories).
+fn read_zip<R: Read + io::Seek>(file: R, names: R, c: &mut Collector<'_>) {
+    let name = c.name.clone();
+    let corrupt = |what: String| {
+        err(
+            &name,
+            "archive.corrupt",
+            format!("the zip archive is corrupt or truncated: {what}"),
+            "rebuild and re-upload the archive",
+        )
+    };
+    let mut archive = match zip::ZipArchive::new(file) {
+        Ok(archive) => archive,
+        Err(e) => {
+            c.findings.push(corrupt(e.to_string()));
+            return;
+        }
+    };
+    if archive.len() > c.limits.max_entries {
+        c.findings.push(err(
+            &name,
+            "archive.too-many-entries",
+            format!("more than {} entries", c.limits.max_entries),
+            "ship fewer files",
+        ));
+        return;
+    }
+    if archive.has_duplicate_names() {
+        // The crate keeps the last of a repeated name, as unzip -o does; say which repeat.
+        let listed = central_directory_names(names, archive.central_directory_start(), c.limits.max_entries)
+            .unwrap_or_default();
+        let mut seen = BTreeSet::new();
+        for raw in listed {
+            let shown = String::from_utf8_lossy(&raw).into_owned();
+            if !seen.insert(raw.clone()) {
+                c.findings.push(if raw.ends_with(b"/") {
+                    warn(&shown, "archive.duplicate-entry", "the directory is listed twice".into(), "list each directory once")
+                } else {
+                    err(
+                        &shown,
+                        "archive.duplicate-entry",
+                        "a second entry with this path: extraction keeps the last one, and a check of the first means nothing".into(),
+                        "write each path once",
+                    )
+                    .accepted()
+                });
+            }
+        }
+    }
+    let mut expanded = 0u64;
+    for index in 0..archive.len() {
+        if let Ok(meta) = archive.by_index_data(index)
+            && meta.encrypted()
+        {
+            let shown = String::from_utf8_lossy(meta.name_raw()).into_owned();
+            c.findings.push(err(
+                &shown,
+                "archive.zip-encrypted",
+                "an encrypted entry: the agent's unzip has no password, so the revision does not unpack"
+                    .into(),
+                "ship the zip without encryption",
+            ));
+            continue;
+        }
+        let mut entry = match archive.by_index(index) {
+            Ok(entry) => entry,
+            Err(e) => {
+                c.findings.push(corrupt(e.to_string()));
+                return;
+            }
+        };
+        let raw = entry.name_raw().to_vec();
+        let shown = String::from_utf8_lossy(&raw).into_owned();
+        if raw.contains(&b'\\') {
+            c.findings.push(err(
+                &shown,
+                "archive.zip-backslash",
+                "the name holds a backslash: unzip reads it as a path separator and warns, and the agent then unpacks the archive again with rubyzip, which does not".into(),
+                "build the zip with `/` separators (zip, Python's zipfile, aws deploy push)",
+            ));
+            continue;
+        }
+        let unix = entry.unix_mode();
+        let by_name_dir = raw.ends_with(b"/");
+        let kind_bits = unix.map(|m| m & S_IFMT).filter(|k| *k != 0);
+        let path = match normalize(&raw, &shown) {
+            Ok(Some(path)) => path,
+            Ok(None) => continue,
+            Err(f) => {
+                c.findings.push(*f);
+                continue;
+            }
+        };
+        let is_dir = by_name_dir || kind_bits == Some(S_IFDIR);
+        let mode = match unix {
+            Some(m) => m & 0o777,
+            None if is_dir => 0o755,
+            None => 0o644,
+        };
+        if !is_dir && !matches!(kind_bits, None | Some(S_IFREG) | Some(S_IFLNK)) {
+            c.findings.push(err(
+                &shown,
+                "archive.device",
+                format!("the entry's Unix mode {:o} is not a file, directory or symlink", unix.unwrap_or(0)),
+                "remove it from the archive",
+            ));
+            continue;
+        }
+        if mode & 0o002 != 0 && kind_bits != Some(S_IFLNK) {
+            c.check_mode(&shown, mode, 0, 0);
+        }
+        let size = entry.size();
+        if !is_dir && size > c.limits.max_entry {
+            c.findings.push(err(
+                &shown,
+                "archive.entry-too-large",
+                format!("{size} bytes, over the {} byte cap for one file", c.limits.max_entry),
+                "ship smaller files",
+            ));
+            continue;
+        }
+        if !is_dir && expanded.saturating_add(size) > c.limits.max_expanded {
+            c.findings.push(too_large(&name, c.limits));
+            return;
+        }
+        let item_kind = if is_dir {
+            Kind::Dir
+        } else if kind_bits == Some(S_IFLNK) {
+            let mut target = Vec::new();
+            if let Err(e) = (&mut entry).take(4096).read_to_end(&mut target) {
+                c.findings.push(corrupt(format!("{shown}: {e}")));
+                return;
+            }
+            expanded += target.len() as u64;
+            match c.symlink(&path, &String::from_utf8_lossy(&target), &shown) {
+                Some(kind) => kind,
+                None => continue,
+            }
+        } else {
+            if !matches!(
+                entry.compression(),
+                zip::CompressionMethod::Stored | zip::CompressionMethod::Deflated
+            ) {
+                c.findings.push(err(
+                    &shown,
+                    "archive.zip-method",
+                    format!("compression method {:?}: the agent's rubyzip fallback reads only stored and deflated entries, and this check cannot read it either", entry.compression()),
+                    "build the zip with deflate (zip, Python's zipfile and aws deploy push do)",
+                ));
+                continue;
+            }
+            // The declared size can lie: never read more than it, plus one byte to notice.
+            let room = c.limits.max_expanded - expanded;
+            let mut capped = (&mut entry).take(size.min(room) + 1);
+            match c.content(&mut capped, size) {
+                Ok(kind) => {
+                    if let Kind::File { size: got, .. } = kind
+                        && got != size
+                    {
+                        c.findings.push(corrupt(format!("{shown}: {got} bytes, the header says {size}")));
+                        return;
+                    }
+                    expanded += size;
+                    kind
+                }
+                Err(e) => {
+                    c.findings.push(corrupt(format!("{shown}: {e}")));
+                    return;
+                }
+            }
+        };
+        c.add(path, Item { kind: item_kind, mode }, &shown);
+    }
+}
+
+/// The names in the central directory, in order, repeats included (the zip crate's index keeps
+/// one entry per name). Each central file header is 46 fixed bytes (signature 0x02014b50, the
+/// name's length at 28, the extra field's at 30, the comment's at 32), then those three fields.
+fn central_directory_names<R: Read + io::Seek>(
+    mut reader: R,
+    start: u64,
+    cap: usize,
+) -> io::Result<Vec<Vec<u8>>> {
+    reader.seek(io::SeekFrom::Start(start))?;
+    let mut names = Vec::new();
+    let mut header = [0u8; 46];
+    while names.len() <= cap {
+        if reader.read_exact(&mut header).is_err() || header[..4] != [0x50, 0x4b, 0x01, 0x02] {
+            break;
+        }
+        let field = |at: usize| u16::from_le_bytes([header[at], header[at + 1]]);
+        let mut name = vec![0u8; usize::from(field(28))];
+        reader.read_exact(&mut name)?;
+        reader.seek(io::SeekFrom::Current(i64::from(field(30)) + i64::from(field(32))))?;
+        names.push(name);
+    }
+    Ok(names)
+}
+
+fn too_large(name: &str, limits: &Limits) -> Finding {
+    err(
+        name,
+        "archive.too-large",
+        format!(
+            "the archive expands to more than {} bytes (a zip or gzip bomb, or a revision far too large)",
+            limits.max_expanded
+        ),
+        "ship a smaller revision; raise --max-expanded only for an input you trust",
+    )
+}
+
 fn read_dir(root: &Path, c: &mut Collector<'_>) -> io::Result<()> {
     let mut stack = vec![String::new()];
     let mut count = 0usize;
@@ -629,7 +947,15 @@ const NOT_FOUND: &str = "The CodeDeploy agent did not find an AppSpec file withi
 /// Adds implied directories, applies the agent's top-level directory stripping and checks the
 /// layout.
 fn finish(c: Collector<'_>) -> Revision {
-    let Collector { name, mut findings, mut items, foreign_owners, first_foreign_owner, .. } = c;
+    let Collector { name, mut findings, mut items, foreign_owners, first_foreign_owner, hasher, .. } = c;
+    let hashes = hasher.finish();
+    for item in items.values_mut() {
+        if let Kind::File { sha256, .. } = &mut item.kind
+            && let Some(index) = sha256.strip_prefix('#').and_then(|i| i.parse::<usize>().ok())
+        {
+            sha256.clone_from(&hashes[index]);
+        }
+    }
     if let Some(first) = first_foreign_owner {
         findings.push(warn(
             &name,

@@ -3,6 +3,8 @@
 
 mod appspec_corpus;
 mod hostile;
+mod install;
+mod zip;
 
 use std::{
     io::Write,
@@ -10,7 +12,7 @@ use std::{
     process::{Command, Output},
 };
 
-use appspec::diag::{Finding, Severity};
+use appspec::diag::Finding;
 use xtask::verify::{Options, Report, verify};
 
 /// One raw tar member. Paths and link names are written into the header as given, so the
@@ -117,11 +119,7 @@ pub fn verify_members(members: &[Member]) -> Report {
 }
 
 pub fn rules(report: &Report) -> Vec<String> {
-    report
-        .findings
-        .iter()
-        .map(|f| format!("{}:{}", if f.severity == Severity::Error { "E" } else { "W" }, f.rule))
-        .collect()
+    report.findings.iter().map(appspec_corpus::code).collect()
 }
 
 /// Asserts that `rule` is reported as an error.
@@ -157,7 +155,10 @@ fn the_bundle_from_xtask_bundle_verifies_clean() {
     assert_eq!(output.status.code(), Some(0), "{}", tests::describe(&output));
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 1, "only the summary line: {stdout}");
-    assert!(lines[0].ends_with(": ok: 0 errors, 0 warnings (10 files, ours, unit exposure 1.3)"), "{stdout}");
+    assert!(
+        lines[0].ends_with(": ok: 0 errors, 0 warnings, 0 notes (10 files, ours, unit exposure 1.3)"),
+        "{stdout}"
+    );
 
     // The same revision extracted by GNU tar, as the agent does, verifies clean too.
     let dir = tempfile::tempdir().unwrap();
@@ -180,7 +181,14 @@ fn exit_codes_and_json() {
     assert_eq!(output.status.code(), Some(1), "{}", tests::describe(&output));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("../escape: error[archive.path-traversal]:"), "{stdout}");
-    assert!(stdout.lines().last().unwrap().contains("FAILED: 1 error, 0 warnings"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .unwrap()
+            .contains("FAILED: 1 error the deployment fails on, 0 warnings, 0 notes"),
+        "{stdout}"
+    );
 
     let output = xtask_verify(&["--json", path_arg(&bad)]);
     assert_eq!(output.status.code(), Some(1));
@@ -189,6 +197,7 @@ fn exit_codes_and_json() {
     assert_eq!(items.len(), 1);
     assert_eq!(items[0]["rule"], "archive.path-traversal");
     assert_eq!(items[0]["severity"], "error");
+    assert_eq!(items[0]["agent"], "fails");
     assert_eq!(items[0]["file"], "../escape");
     assert!(items[0]["line"].is_null());
 
@@ -201,12 +210,9 @@ fn exit_codes_and_json() {
     assert_eq!(output.status.code(), Some(0), "{}", tests::describe(&output));
     assert!(String::from_utf8_lossy(&output.stdout).contains("warning[hook.shebang]"));
 
-    // Could not run: unreadable input, a zip, bad flags.
+    // Could not run: unreadable input, bad flags.
     let missing = dir.path().join("missing.tgz");
     assert_eq!(xtask_verify(&[path_arg(&missing)]).status.code(), Some(2));
-    let zip = dir.path().join("bundle.zip");
-    std::fs::write(&zip, b"PK\x03\x04rest").unwrap();
-    assert_eq!(xtask_verify(&[path_arg(&zip)]).status.code(), Some(2));
     assert_eq!(xtask_verify(&["--no-such-flag", path_arg(&bad)]).status.code(), Some(2));
     assert_eq!(xtask_verify(&["--arch", "mips", path_arg(&bad)]).status.code(), Some(2));
 
@@ -245,6 +251,7 @@ fn json_output_snapshot() {
     expect_test::expect![[r#"
         [
           {
+            "agent": "fails",
             "column": 10,
             "file": "scripts/install.sh",
             "fix": "convert the script to LF line endings (dos2unix)",
@@ -266,10 +273,10 @@ fn human_output_snapshot() {
     expect_test::expect![[r#"
         scripts/passwd: error[archive.symlink-escape]: symlink to "/etc/passwd" points outside the revision (fix: make the link relative and inside the revision, or ship the file itself)
         appspec.yml:1:10: error[appspec.version]: The deployment failed because an invalid version value (0.0) was entered in the application specification file. Make sure your AppSpec file specifies "0.0" as the version, and then try again. (fix: write `version: 0.0` without quotes: a quoted "0.0" is a string, and the agent wants the number)
-        appspec.yml:4:3: error[appspec.hook-name]: unknown lifecycle event AfterInstal: the agent silently never runs it (codedeploy-local: ArgumentError: appspec.yml file contains unknown lifecycle events: ["AfterInstal"]) (fix: rename it to AfterInstall)
+        appspec.yml:4:3: error[appspec.hook-name]: unknown lifecycle event AfterInstal: the agent silently never runs it (did you mean `AfterInstall`?) (codedeploy-local: ArgumentError: appspec.yml file contains unknown lifecycle events: ["AfterInstal"]) (fix: rename it to AfterInstall)
         appspec.yml:6:14: error[appspec.timeout]: timeout 7200 is over 3600 seconds, the documented maximum for a hook; the agent accepts it but the deployment can be failed by the service (fix: keep each script under 3600 seconds and split long work across events)
         appspec.yml:9:11: error[appspec.mode-octal]: unquoted mode 0644 is the octal number 420 under YAML 1.1: the agent applies mode 420, not 644 (fix: quote it: mode: "0644")
-        verify bundle.tgz: FAILED: 5 errors, 0 warnings (2 files)
+        verify bundle.tgz: FAILED: 5 errors (1 the deployment fails on, 4 the agent accepts: traps), 0 warnings, 0 notes (2 files)
     "#]]
     .assert_eq(&report.render_human("bundle.tgz"));
 }

@@ -5,10 +5,13 @@
 //! - restarts: requests refused, reset or failed during N redeploys without and with socket
 //!   activation (`bench_socket.rs`);
 //! - redeploy: deploy-hook AfterInstall of a new revision (venv reused), staging by hard links
-//!   and by copies, vs the seed's AfterInstall script (sandboxed) on the same revision.
+//!   and by copies, vs the seed's AfterInstall script (sandboxed) on the same revision;
+//! - verify: `cargo xtask verify` of a large foreign tgz (every file hashed) vs `tar -tzf` of the
+//!   same file, and of an archive of N symlinks and N files vs a benign one of 2N files (reading
+//!   must stay linear in the entries).
 //!
 //! File creation costs depend on the filesystem: put `--dir` on the kind of disk the instances
-//! have (TESTBED.md: a journaled ext4 loop mount).
+//! have (a journaled ext4 loop mount).
 
 use std::{
     fs,
@@ -72,7 +75,16 @@ impl flags::Bench {
             self.runs,
             work.path().display()
         );
-        bench_bundle(&sh, &app, &hook, work.path(), self.runs)?;
+        let part = |p: flags::BenchPart| self.only.is_none_or(|only| only == p);
+        if part(flags::BenchPart::Bundle) {
+            bench_bundle(&sh, &app, &hook, work.path(), self.runs)?;
+        }
+        if part(flags::BenchPart::Verify) {
+            bench_verify(work.path(), self.verify_files, self.verify_mib, self.links, self.runs)?;
+        }
+        if !part(flags::BenchPart::Redeploy) {
+            return Ok(());
+        }
         if crate::rehearse::effective_ids()?.0 != 0 {
             println!("redeploy: skipped (needs root: the hook and the seed chown to the app user)");
             return Ok(());
@@ -129,6 +141,152 @@ fn bench_bundle(sh: &Shell, app: &Path, hook: &Path, work: &Path, runs: usize) -
         secs(gnu),
         ours.as_secs_f64() / gnu.as_secs_f64(),
         written.size
+    );
+    Ok(())
+}
+
+/// Deterministic text that compresses about as well as source code (xorshift over a small
+/// vocabulary).
+fn text(seed: u64, len: usize) -> Vec<u8> {
+    const WORDS: [&str; 32] = [
+        "def", "return", "self", "import", "from", "class", "value", "request", "response", "async", "await",
+        "None", "True", "False", "if", "else", "for", "in", "config", "logger", "data", "items", "user",
+        "session", "handler", "path", "json", "status", "error", "result", "=", ":",
+    ];
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 16);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(WORDS[(x % 32) as usize].as_bytes());
+        out.push(if x & 0x700 == 0 { b'\n' } else { b' ' });
+        if x & 0xf000 == 0 {
+            out.extend_from_slice(format!("{:x}", x >> 20).as_bytes());
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+/// Times `f` and `baseline` alternately, `runs` times each; medians.
+fn side_by_side(
+    runs: usize,
+    mut f: impl FnMut() -> anyhow::Result<()>,
+    mut baseline: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<(Duration, Duration)> {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let t = Instant::now();
+        f()?;
+        a.push(t.elapsed());
+        let t = Instant::now();
+        baseline()?;
+        b.push(t.elapsed());
+    }
+    Ok((median(a), median(b)))
+}
+
+fn bench_verify(work: &Path, files: usize, mib: usize, links: usize, runs: usize) -> anyhow::Result<()> {
+    use crate::verify::{Options, verify};
+    use packaging::reader::Limits;
+
+    // 1. A foreign revision of `files` files, `mib` MiB, packed by GNU tar and gzip -6.
+    let tree = work.join("verify-tree");
+    fs::create_dir_all(&tree)?;
+    fs::write(tree.join("appspec.yml"), "version: 0.0\nos: linux\n")?;
+    let per_file = (mib << 20) / files.max(1);
+    for i in 0..files {
+        let dir = tree.join(format!("app/d{:03}", i % 200));
+        if i < 200 {
+            fs::create_dir_all(&dir)?;
+        }
+        fs::write(dir.join(format!("f{i:05}.py")), text(i as u64 + 1, per_file))?;
+    }
+    let big = work.join("verify-big.tgz");
+    let status = Command::new("tar").arg("-czf").arg(&big).arg("-C").arg(&tree).arg(".").status()?;
+    ensure!(status.success(), "tar -czf failed");
+    fs::remove_dir_all(&tree)?;
+    let options = Options { systemd_analyze: false, ..Options::default() };
+    let report = verify(&big, &options)?;
+    ensure!(report.errors() == 0 && report.files == files + 1, "the bench revision verifies clean");
+    let (ours, tar) = side_by_side(
+        runs,
+        || {
+            let report = verify(&big, &options)?;
+            ensure!(report.files == files + 1, "every file read");
+            Ok(())
+        },
+        || {
+            let out =
+                Command::new("tar").arg("-tzf").arg(&big).stdout(std::process::Stdio::null()).status()?;
+            ensure!(out.success(), "tar -tzf failed");
+            Ok(())
+        },
+    )?;
+    println!(
+        "verify    {files} files, {mib} MiB tgz ({} bytes): ours (every file hashed) {} | tar -tzf {} | ratio ours/tar {:.2}",
+        fs::metadata(&big)?.len(),
+        secs(ours),
+        secs(tar),
+        ours.as_secs_f64() / tar.as_secs_f64()
+    );
+    fs::remove_file(&big)?;
+
+    // 2. `links` symlinks and `links` files, vs `2 * links` files: the same number of entries.
+    let archive = |with_links: bool| -> anyhow::Result<PathBuf> {
+        let path = work.join(if with_links { "verify-links.tar" } else { "verify-benign.tar" });
+        let mut builder = tar::Builder::new(std::io::BufWriter::new(fs::File::create(&path)?));
+        let mut add = |name: String, kind: tar::EntryType, target: Option<String>, data: &[u8]| {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(kind);
+            header.set_mode(if kind == tar::EntryType::Symlink { 0o777 } else { 0o644 });
+            header.set_size(data.len() as u64);
+            header.set_mtime(1);
+            if let Some(target) = target {
+                header.set_link_name(target)?;
+            }
+            builder.append_data(&mut header, name, data)
+        };
+        add("appspec.yml".into(), tar::EntryType::Regular, None, b"version: 0.0\nos: linux\n")?;
+        for i in 0..links {
+            let dir = i % 100;
+            add(format!("files/d{dir:02}/f{i:06}"), tar::EntryType::Regular, None, b"x")?;
+            if with_links {
+                add(
+                    format!("links/d{dir:02}/l{i:06}"),
+                    tar::EntryType::Symlink,
+                    Some(format!("../../files/d{dir:02}/f{i:06}")),
+                    b"",
+                )?;
+            } else {
+                add(format!("links/d{dir:02}/l{i:06}"), tar::EntryType::Regular, None, b"y")?;
+            }
+        }
+        builder.into_inner()?;
+        Ok(path)
+    };
+    let (with_links, benign) = (archive(true)?, archive(false)?);
+    let options = Options {
+        systemd_analyze: false,
+        limits: Limits { max_entries: 2 * links + 1000, ..Limits::default() },
+        ..Options::default()
+    };
+    for path in [&with_links, &benign] {
+        let report = verify(path, &options)?;
+        ensure!(report.errors() == 0, "{} verifies clean", path.display());
+    }
+    let (links_time, benign_time) = side_by_side(
+        runs,
+        || verify(&with_links, &options).map(drop).map_err(Into::into),
+        || verify(&benign, &options).map(drop).map_err(Into::into),
+    )?;
+    println!(
+        "verify    {links} symlinks + {links} files {} | {} files {} | ratio links/benign {:.2}",
+        secs(links_time),
+        2 * links,
+        secs(benign_time),
+        links_time.as_secs_f64() / benign_time.as_secs_f64()
     );
     Ok(())
 }

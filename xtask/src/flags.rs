@@ -20,11 +20,12 @@ pub enum Command {
     /// The last line on stdout is the bundle's path (one line per bundle with --target all).
     /// The archive's mtime is $SOURCE_DATE_EPOCH, else the last commit's time, never the clock.
     Bundle(Bundle),
-    /// Check a CodeDeploy EC2/on-prem revision (a .tgz or .tar bundle, or an extracted
+    /// Check a CodeDeploy EC2/on-prem revision (a .zip, .tgz or .tar bundle, or an extracted
     /// directory) the way the agent and the instance will read it.
     ///
     /// Reports every finding as `file:line:col: severity[rule]: message (fix: ...)`, then a
-    /// summary line. Exit status: 0 no errors (warnings allowed), 1 errors, 2 could not run.
+    /// summary line that counts apart the errors the deployment fails on and the traps the agent
+    /// accepts. Exit status: 0 no errors (warnings and notes allowed), 1 errors, 2 could not run.
     Verify(Verify),
     /// Time bundling and redeploying against baselines run side by side (GNU tar | gzip, the
     /// seed's AfterInstall script) and print the ratios. Redeploy needs root.
@@ -45,6 +46,18 @@ pub struct Bench {
     /// Redeploys under load without, then with socket activation.
     #[arg(long, default_value_t = 3)]
     pub redeploys: usize,
+    /// Files in the large tgz that verify reads (every file hashed) against `tar -tzf`.
+    #[arg(long, default_value_t = 20_000)]
+    pub verify_files: usize,
+    /// Its total size in MiB.
+    #[arg(long, default_value_t = 150)]
+    pub verify_mib: usize,
+    /// Symlinks (and as many files) in the archive that must read in time linear in its entries.
+    #[arg(long, default_value_t = 100_000)]
+    pub links: usize,
+    /// Run only this part [default: all of them].
+    #[arg(long, value_enum)]
+    pub only: Option<BenchPart>,
     /// Where to work: put it on the kind of filesystem the instances use.
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
@@ -52,15 +65,16 @@ pub struct Bench {
 
 #[derive(Debug, clap::Args)]
 pub struct Verify {
-    /// The revision: a .tgz or .tar bundle, or an extracted directory.
+    /// The revision: a .zip, .tgz or .tar bundle, or an extracted directory.
     pub path: PathBuf,
-    /// Print the findings as a JSON array (file, line, column, rule, severity, message, fix).
+    /// Print the findings as a JSON array (file, line, column, rule, severity, agent: fails or
+    /// accepts, message, fix).
     #[arg(long)]
     pub json: bool,
     /// The instances' architecture, for ELF hooks [default: deploy/release.yaml's arch].
     #[arg(long, value_enum)]
     pub arch: Option<Arch>,
-    /// Cap on the expanded size of the archive, in bytes; more is reported as a gzip bomb.
+    /// Cap on the expanded size of the archive, in bytes; more is reported as a zip or gzip bomb.
     #[arg(long, value_name = "BYTES", default_value_t = 2 << 30)]
     pub max_expanded: u64,
     /// After clean static checks, rehearse our revision's whole lifecycle (ApplicationStop to
@@ -75,6 +89,13 @@ pub struct Verify {
     /// runs from the sandbox PATH and remove it, unless that process did.
     #[arg(long, hide = true)]
     pub rehearse_janitor: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchPart {
+    Bundle,
+    Verify,
+    Redeploy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

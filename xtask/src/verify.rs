@@ -19,7 +19,7 @@ use appspec::diag::{Finding, Severity};
 use packaging::{
     Manifest, ManifestError, Release,
     bundle::Arch,
-    inspect, layout,
+    inspect, install, layout,
     manifest::{self, ManifestEntry},
     reader::{self, Item, Kind, Limits, Revision},
 };
@@ -60,7 +60,17 @@ impl Report {
 
     /// Number of warnings.
     pub fn warnings(&self) -> usize {
-        self.findings.len() - self.errors()
+        self.findings.iter().filter(|f| f.severity == Severity::Warning).count()
+    }
+
+    /// Number of notes.
+    pub fn notes(&self) -> usize {
+        self.findings.iter().filter(|f| f.severity == Severity::Note).count()
+    }
+
+    /// Number of errors the deployment fails on (the rest are traps the agent accepts).
+    pub fn failing_errors(&self) -> usize {
+        self.findings.iter().filter(|f| f.is_error() && f.agent_fails()).count()
     }
 
     /// One finding per line, then a summary line.
@@ -72,10 +82,19 @@ impl Report {
         }
         let verdict = if self.errors() == 0 { "ok" } else { "FAILED" };
         let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+        let errors = match (self.failing_errors(), self.errors() - self.failing_errors()) {
+            (0, 0) => plural(0, "error"),
+            (fails, 0) => format!("{} the deployment fails on", plural(fails, "error")),
+            (0, traps) => format!("{} the agent accepts (traps)", plural(traps, "error")),
+            (fails, traps) => format!(
+                "{} ({fails} the deployment fails on, {traps} the agent accepts: traps)",
+                plural(fails + traps, "error")
+            ),
+        };
         out.push_str(&format!(
-            "verify {input}: {verdict}: {}, {} ({}{}{})\n",
-            plural(self.errors(), "error"),
+            "verify {input}: {verdict}: {errors}, {}, {} ({}{}{})\n",
             plural(self.warnings(), "warning"),
+            plural(self.notes(), "note"),
             plural(self.files, "file"),
             match (&self.stripped, self.ours) {
                 (Some(dir), true) => format!(", ours, in {dir}/"),
@@ -101,6 +120,7 @@ impl Report {
                     "column": f.col,
                     "rule": f.rule,
                     "severity": f.severity.as_str(),
+                    "agent": f.agent.as_str(),
                     "message": f.message,
                     "fix": f.fix,
                 })
@@ -450,11 +470,8 @@ fn check_script(file: &str, data: &[u8], findings: &mut Vec<Finding>) {
 
 fn check_file_sources(revision: &Revision, spec: &appspec::validate::Spec, findings: &mut Vec<Finding>) {
     for mapping in &spec.files {
-        let source = mapping.source.trim_start_matches('/');
-        if source.is_empty() || source == "." {
-            continue;
-        }
-        if revision.resolve(source).is_none() {
+        if install::resolve_source(revision, &mapping.source) == install::Source::Missing {
+            let source = mapping.source.trim_start_matches('/');
             findings.push(at(
                 layout::APPSPEC,
                 mapping.line,
@@ -466,6 +483,7 @@ fn check_file_sources(revision: &Revision, spec: &appspec::validate::Spec, findi
             ));
         }
     }
+    findings.extend(install::plan(revision, spec).findings);
 }
 
 /// `(line, col)` out of serde_yaml's "at line L column C".
@@ -654,7 +672,8 @@ fn check_our_appspec(spec: &appspec::validate::Spec, release: &Release, findings
                     mapping.destination
                 ),
                 "remove the files: entry; deploy-hook builds the release from the archive",
-            ));
+            )
+            .accepted());
         }
     }
 }
