@@ -4,6 +4,7 @@ mod after_install;
 mod bundle;
 mod container;
 mod lifecycle;
+mod publish;
 mod rehearse;
 mod systemd;
 mod tidy;

@@ -1,9 +1,11 @@
-//! The tasks behind `cargo xtask`: `bundle` builds a CodeDeploy revision.
+//! The tasks behind `cargo xtask`: `bundle` builds a CodeDeploy revision, `verify` checks one,
+//! `publish` uploads it and deploys it with CodeDeploy.
 
 mod bench;
 mod bundle;
 mod elf;
 mod flags;
+pub mod publish;
 mod rehearse;
 pub mod verify;
 
@@ -26,6 +28,7 @@ pub fn main() -> ExitCode {
         flags::Command::Bundle(cmd) => cmd.run(),
         flags::Command::Bench(cmd) => cmd.run(),
         flags::Command::Verify(cmd) => return cmd.run(),
+        flags::Command::Publish(cmd) => return cmd.run(),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
