@@ -226,6 +226,24 @@ fn publish_uploads_once_and_creates_the_deployment() {
     let name = bundle.file_stem().unwrap().to_str().unwrap();
     let revision = name.trim_start_matches("python-app-").trim_end_matches("-x86_64");
     assert_eq!(info["description"].as_str(), Some(format!("python-app {revision} x86_64").as_str()));
+
+    // --wait reads GetDeployment from the server; moto's deployments stay Created (no agent), so
+    // following one ends at --wait-timeout: exit 1, the deployment id still the last line.
+    let waited =
+        moto.publish(bundle, "s3://releases/ci", &["--wait", "--wait-timeout", "1", "--poll-interval", "1"]);
+    assert_eq!(waited.status.code(), Some(1), "{}", tests::describe(&waited));
+    let id = deployment_id(&waited);
+    assert!(
+        stdout(&waited).contains(&format!("\ndeployment {id}: Created\n")),
+        "{}",
+        tests::describe(&waited)
+    );
+    assert!(
+        stderr(&waited)
+            .contains(&format!("error: deployment {id} is still Created after 1s: it goes on in CodeDeploy")),
+        "{}",
+        tests::describe(&waited)
+    );
 }
 
 #[test]
@@ -343,4 +361,31 @@ fn tampered_bundle(bundle: &Path, dir: &Path) -> PathBuf {
     names.sort();
     tests::run_ok(Command::new("tar").arg("-czf").arg(&out).arg("-C").arg(&tree).args(&names)).unwrap();
     out
+}
+
+#[test]
+fn s3_urls_and_keys() {
+    use xtask::publish::S3Url;
+    let url = S3Url::parse("s3://shop-releases/ci/prod/").unwrap();
+    assert_eq!((url.bucket.as_str(), url.prefix.as_str()), ("shop-releases", "ci/prod"));
+    assert_eq!(
+        url.key("shop", "r-0123456789abcdef", "aarch64"),
+        "ci/prod/shop/shop-r-0123456789abcdef-aarch64.tgz"
+    );
+    let bare = S3Url::parse("s3://shop-releases").unwrap();
+    assert_eq!(bare.key("shop", "r-0123456789abcdef", "x86_64"), "shop/shop-r-0123456789abcdef-x86_64.tgz");
+    for (bad, why) in [
+        ("shop-releases/ci", "not an s3:// URL"),
+        (
+            "s3://Shop_Releases/ci",
+            "the bucket name is not valid (3 to 63 lower-case letters, digits, dots and hyphens)",
+        ),
+        ("s3://ab/ci", "the bucket name is not valid (3 to 63 lower-case letters, digits, dots and hyphens)"),
+        ("s3://shop-releases/ci/../other", "the prefix has an empty, `.` or `..` part"),
+        ("s3://shop-releases/ci//x", "the prefix has an empty, `.` or `..` part"),
+    ] {
+        let stop = S3Url::parse(bad).unwrap_err();
+        assert_eq!(stop.code, 2);
+        assert_eq!(stop.message, format!("--s3 {bad}: {why}; write it as s3://BUCKET/PREFIX"), "{bad}");
+    }
 }

@@ -367,8 +367,8 @@ fn aws_errors_become_messages_that_say_what_to_fix() {
     expect![[r#"access denied to aws deploy get-deployment: the credentials need codedeploy:GetDeployment (User: arn:aws:sts::123456789012:assumed-role/ci/gh is not authorized to perform: codedeploy:GetDeployment)"#]]
         .assert_eq(&explained(&err));
     let err = parse(
-        "s3api head-bucket",
-        "An error occurred (301) when calling the HeadBucket operation: Moved Permanently",
+        "s3api put-object",
+        "An error occurred (PermanentRedirect) when calling the PutObject operation: The bucket you are attempting to access must be addressed using the specified endpoint.",
     );
     expect![[r#"the bucket releases is in another region: CodeDeploy reads revisions from a bucket in the deployment group's region; set AWS_REGION to it, or use a bucket there"#]]
         .assert_eq(&explained(&err));
@@ -379,7 +379,7 @@ fn aws_errors_become_messages_that_say_what_to_fix() {
     expect![[r#"the AWS credentials have expired (The security token included in the request is expired): refresh them (aws sso login, or a new role session)"#]]
         .assert_eq(&explained(&err));
     let err = parse(
-        "s3api head-bucket",
+        "s3api head-object",
         "\nYou must specify a region. You can also configure your region by running \"aws configure\".\n",
     );
     assert_eq!(err.code, None);
