@@ -407,7 +407,7 @@ fn version_of(doc: &Value) -> Option<String> {
 }
 
 /// How progress is shown: a bar redrawn on a terminal, else one line per step.
-pub struct Progress<'a> {
+pub(crate) struct Progress<'a> {
     say: &'a mut dyn FnMut(&str),
     bar: bool,
 }
@@ -444,7 +444,7 @@ impl Progress<'_> {
 
 /// Uploads `bundle` to `bucket`/`key` with its sha256 in the object's metadata, unless an object
 /// with that key and sha256 is there already. Parts of `part_size` bytes when it is larger.
-pub fn upload(
+pub(crate) fn upload(
     aws: &dyn Aws,
     bundle: &Bundle,
     bucket: &str,
@@ -951,10 +951,12 @@ impl flags::Publish {
         let report = verify::verify(&self.bundle, &options)
             .map_err(|err| Stop::cannot(format!("cannot verify {shown}: {err}")))?;
         let errors = report.errors();
-        if errors > 0 {
+        if !report.findings.is_empty() {
             for line in report.render_human(&shown).lines() {
                 say(line);
             }
+        }
+        if errors > 0 {
             if !self.allow_verify_errors {
                 return Err(Stop::cannot(format!(
                     "verify found {errors} error{} in {shown}: fix them and bundle again (or pass --allow-verify-errors to publish it anyway)",
@@ -966,12 +968,8 @@ impl flags::Publish {
                 if errors == 1 { "" } else { "s" }
             );
             eprintln!("{warning}");
-        } else {
-            say(&format!(
-                "verify    {shown}: ok, {} warning{}",
-                report.warnings(),
-                if report.warnings() == 1 { "" } else { "s" }
-            ));
+        } else if report.findings.is_empty() {
+            say(&format!("verify    {shown}: ok"));
         }
         let aws = AwsCli::find()?;
         check_group(&aws, &names)?;
