@@ -266,7 +266,13 @@ fn versioned_bucket_and_multipart_upload() {
     let bundle = tests::build_bundle(&app, &dir.path().join("dist"), &[]).unwrap();
     assert!(std::fs::metadata(&bundle).unwrap().len() > 6 * 1024 * 1024);
 
-    let output = moto.publish(&bundle, "s3://versioned-releases", &["--part-size", "5"]);
+    // The per-service endpoint variables win over AWS_ENDPOINT_URL, here a closed port.
+    let mut cmd = xtask_publish(&bundle, "shop", "prod", "s3://versioned-releases", &["--part-size", "5"]);
+    moto.env(&mut cmd);
+    cmd.env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", free_port()))
+        .env("AWS_ENDPOINT_URL_S3", &moto.url)
+        .env("AWS_ENDPOINT_URL_CODEDEPLOY", &moto.url);
+    let output = cmd.output().unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", tests::describe(&output));
     let out = stdout(&output);
     assert!(out.contains("  upload part 1 of 2: 5.0 of ") && out.contains("  upload part 2 of 2: "), "{out}");
