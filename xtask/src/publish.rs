@@ -421,7 +421,7 @@ impl Progress<'_> {
             let mut stderr = std::io::stderr();
             let _ = write!(
                 stderr,
-                "\rupload [{}{}] {:>3}%  {:.1} of {:.1} MiB, part {part} of {parts}",
+                "\rupload [{}{}] {:>3}%  {:.1} of {:.1} MiB, {part} of {parts} parts",
                 "#".repeat(filled),
                 "-".repeat(width as usize - filled),
                 done * 100 / total.max(1),
@@ -537,6 +537,9 @@ fn upload_parts(
         let mut done = Vec::new();
         let mut sent = 0u64;
         let mut buf = vec![0u8; part_size as usize];
+        if progress.bar {
+            progress.step(0, bundle.size, 0, parts);
+        }
         for number in 1..=parts {
             let want = part_size.min(bundle.size - sent) as usize;
             file.read_exact(&mut buf[..want])
