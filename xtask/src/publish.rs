@@ -9,7 +9,8 @@
 //! gives them.
 //!
 //! Exit codes: 0 the deployment was created (and, with `--wait`, succeeded); 1 it failed or was
-//! stopped; 2 nothing was deployed because something must be fixed first (see [`Stop`]).
+//! stopped (or is still running at `--wait-timeout`); 2 nothing was deployed because something
+//! must be fixed first, or `--wait` could not follow the deployment (see [`Stop`]).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -680,6 +681,9 @@ pub fn parse_targets(doc: &Value) -> Result<Vec<InstanceTarget>, String> {
 
 const DONE: [&str; 3] = ["Succeeded", "Failed", "Stopped"];
 
+/// Failed polls in a row before `follow` gives up.
+const POLL_ATTEMPTS: usize = 3;
+
 /// How a followed deployment ended.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -717,26 +721,53 @@ pub fn follow(
     sleep: &mut dyn FnMut(Duration),
 ) -> Result<Outcome, Stop> {
     let s = |v: &str| v.to_owned();
-    let fail = |err: AwsError| explain(&err, names);
     let started = Instant::now();
     let mut last_line = String::new();
     let mut target_status: BTreeMap<String, String> = BTreeMap::new();
     let mut events_said: BTreeSet<(String, usize)> = BTreeSet::new();
     let mut waited = Duration::ZERO;
+    let mut failures = 0;
     loop {
-        let doc =
-            aws.call(Service::CodeDeploy, "get-deployment", &[s("--deployment-id"), s(id)]).map_err(fail)?;
-        let deployment = parse_deployment(&doc).map_err(Stop::cannot)?;
+        let polled =
+            aws.call(Service::CodeDeploy, "get-deployment", &[s("--deployment-id"), s(id)]).and_then(|doc| {
+                let deployment = parse_deployment(&doc).map_err(|message| AwsError {
+                    command: "deploy get-deployment".into(),
+                    code: None,
+                    message,
+                })?;
+                let targets = if ["Created", "Queued"].contains(&deployment.status.as_str()) {
+                    Vec::new()
+                } else {
+                    fetch_targets(aws, id)?
+                };
+                Ok((deployment, targets))
+            });
+        // The deployment exists and goes on whatever happens here: a failed poll (throttling,
+        // the network) is retried, and only a run of them ends the follow, saying so.
+        let (deployment, targets) = match polled {
+            Ok(polled) => {
+                failures = 0;
+                polled
+            }
+            Err(err) => {
+                failures += 1;
+                if failures >= POLL_ATTEMPTS {
+                    return Err(Stop::cannot(format!(
+                        "cannot follow deployment {id}, which goes on in CodeDeploy: {}",
+                        explain(&err, names).message
+                    )));
+                }
+                say(&format!("  ({err}; retrying in {}s)", options.interval.as_secs()));
+                sleep(options.interval);
+                waited += options.interval;
+                continue;
+            }
+        };
         let line = status_line(&deployment);
         if line != last_line {
             say(&line);
             last_line = line;
         }
-        let targets = if ["Created", "Queued"].contains(&deployment.status.as_str()) {
-            Vec::new()
-        } else {
-            fetch_targets(aws, id).map_err(fail)?
-        };
         for target in &targets {
             let label = target.instance_label.as_deref().map(|l| format!(" ({l})")).unwrap_or_default();
             for (idx, event) in target.lifecycle_events.iter().enumerate() {

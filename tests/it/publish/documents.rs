@@ -400,3 +400,40 @@ fn aws_errors_become_messages_that_say_what_to_fix() {
         .assert_eq(&explained(&err));
     assert_eq!(explain(&err, &names()).code, 2);
 }
+
+#[test]
+fn a_failed_poll_is_retried_and_a_run_of_them_ends_the_follow_saying_the_deployment_goes_on() {
+    let throttled = || {
+        Err(AwsError::parse(
+            "deploy get-deployment",
+            "An error occurred (ThrottlingException) when calling the GetDeployment operation: Rate exceeded",
+        ))
+    };
+    let aws = Scripted::new(vec![
+        ("get-deployment", throttled()),
+        ("get-deployment", Ok(deployment("Succeeded", [0, 0, 1, 0, 0, 0], None, None))),
+        ("list-deployment-targets", Ok(listed(&["i-0aaa1111"]))),
+        ("batch-get-deployment-targets", Ok(targets(&[("i-0aaa1111", "Succeeded", progress(8, vec![]))]))),
+    ]);
+    let (outcome, lines, sleeps) = run(&aws);
+    assert!(outcome.unwrap().succeeded());
+    assert_eq!(sleeps, 1);
+    assert_eq!(
+        lines.lines().next(),
+        Some("  (aws deploy get-deployment failed: ThrottlingException: Rate exceeded; retrying in 5s)")
+    );
+
+    let aws = Scripted::new(vec![
+        ("get-deployment", Ok(deployment("InProgress", [1, 0, 0, 0, 0, 0], None, None))),
+        ("list-deployment-targets", throttled()),
+        ("get-deployment", throttled()),
+        ("get-deployment", throttled()),
+    ]);
+    let (outcome, _, _) = run(&aws);
+    let stop = outcome.unwrap_err();
+    assert_eq!(stop.code, 2);
+    assert_eq!(
+        stop.message,
+        "cannot follow deployment d-A1B2C3D4E, which goes on in CodeDeploy: aws deploy get-deployment failed: ThrottlingException: Rate exceeded"
+    );
+}
