@@ -36,7 +36,8 @@ pub enum Command {
     /// aws CLI's standard chain (environment, profiles, web identity, instance roles;
     /// AWS_ENDPOINT_URL and AWS_ENDPOINT_URL_S3 / _CODEDEPLOY). The last stdout line is the
     /// deployment id. Exit status: 0 created (with --wait: succeeded), 1 the deployment failed or
-    /// was stopped, 2 nothing was deployed: fix what the message says.
+    /// was stopped, 2 it could not run (nothing deployed, or --wait lost track): fix what the
+    /// message says.
     Publish(Publish),
 }
 
