@@ -5,6 +5,7 @@ mod attacker;
 mod bundle;
 mod container;
 mod lifecycle;
+mod publish;
 mod rehearse;
 mod socket;
 mod systemd;

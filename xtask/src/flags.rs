@@ -30,6 +30,84 @@ pub enum Command {
     /// Time bundling and redeploying against baselines run side by side (GNU tar | gzip, the
     /// seed's AfterInstall script) and print the ratios. Redeploy needs root.
     Bench(Bench),
+    /// Upload a bundle to S3 and start its CodeDeploy deployment; with --wait, follow it to the
+    /// end and print, for each failed instance, the failing event and the hook's last lines.
+    ///
+    /// Refuses a bundle `verify` finds errors in. Credentials, region and endpoints come from the
+    /// aws CLI's standard chain (environment, profiles, web identity, instance roles;
+    /// AWS_ENDPOINT_URL and AWS_ENDPOINT_URL_S3 / _CODEDEPLOY). The last stdout line is the
+    /// deployment id. Exit status: 0 created (with --wait: succeeded), 1 the deployment failed or
+    /// was stopped, 2 it could not run (nothing deployed, or --wait lost track): fix what the
+    /// message says.
+    Publish(Publish),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Publish {
+    /// The bundle .tgz `cargo xtask bundle` wrote.
+    pub bundle: PathBuf,
+    /// The CodeDeploy application.
+    #[arg(long, value_name = "APP")]
+    pub application: String,
+    /// The deployment group (EC2/On-premises).
+    #[arg(long, value_name = "GROUP")]
+    pub deployment_group: String,
+    /// Where the revision goes: s3://BUCKET/PREFIX; the key is PREFIX/APP/APP-REVISION-ARCH.tgz.
+    #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+    pub s3: String,
+    /// Follow the deployment until it succeeds, fails or stops.
+    #[arg(long)]
+    pub wait: bool,
+    /// The deployment's description [default: APP REVISION ARCH].
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+    /// What the agent does with files of appspec `files:` already on the instance.
+    #[arg(long, value_enum, value_name = "BEHAVIOR")]
+    pub file_exists_behavior: Option<FileExistsBehavior>,
+    /// The deployment configuration [default: the group's].
+    #[arg(long, value_name = "NAME")]
+    pub deployment_config: Option<String>,
+    /// Print one JSON object on stdout at the end (bucket, key, sha256, etag, version,
+    /// deployment_id, status, error); the progress lines go to stderr.
+    #[arg(long)]
+    pub json: bool,
+    /// Publish even when verify finds errors (says so loudly, and marks the description).
+    #[arg(long)]
+    pub allow_verify_errors: bool,
+    /// Bundles larger than this many MiB go up in parts of this size (at least 5).
+    #[arg(long, value_name = "MIB", default_value_t = 16)]
+    pub part_size: u64,
+    /// With --wait: seconds between polls.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub poll_interval: u64,
+    /// With --wait: give up following after this many seconds (exit 1; the deployment goes on).
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    pub wait_timeout: u64,
+}
+
+/// CreateDeployment's fileExistsBehavior.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FileExistsBehavior {
+    /// Fail the deployment (CodeDeploy's default).
+    #[value(name = "DISALLOW")]
+    Disallow,
+    /// Replace the file with the revision's.
+    #[value(name = "OVERWRITE")]
+    Overwrite,
+    /// Keep the file on the instance.
+    #[value(name = "RETAIN")]
+    Retain,
+}
+
+impl FileExistsBehavior {
+    /// The API's value.
+    pub fn api_name(self) -> &'static str {
+        match self {
+            FileExistsBehavior::Disallow => "DISALLOW",
+            FileExistsBehavior::Overwrite => "OVERWRITE",
+            FileExistsBehavior::Retain => "RETAIN",
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]

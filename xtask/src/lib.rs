@@ -1,4 +1,5 @@
-//! The tasks behind `cargo xtask`: `bundle` builds a CodeDeploy revision.
+//! The tasks behind `cargo xtask`: `bundle` builds a CodeDeploy revision, `verify` checks one,
+//! `publish` uploads it and deploys it with CodeDeploy.
 
 mod bench;
 mod bench_socket;
@@ -7,6 +8,7 @@ mod elf;
 pub mod exposure;
 mod flags;
 pub mod load;
+pub mod publish;
 mod rehearse;
 pub mod verify;
 
@@ -32,6 +34,7 @@ pub fn main() -> ExitCode {
         flags::Command::Bundle(cmd) => cmd.run(),
         flags::Command::Bench(cmd) => cmd.run(),
         flags::Command::Verify(cmd) => return cmd.run(),
+        flags::Command::Publish(cmd) => return cmd.run(),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
