@@ -351,6 +351,7 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
                     release,
                     &python,
                     &release_dir.join(layout::REQUIREMENTS),
+                    &revision.dir,
                     &logs_file,
                     log,
                 )
@@ -378,7 +379,8 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
             })?;
             let outcome = log.step("python environment", |log| {
                 let python = PathBuf::from(release.python.as_str());
-                venv::ensure(&store, release, &python, &staging.join(layout::REQUIREMENTS), &logs_file, log)
+                let requirements = staging.join(layout::REQUIREMENTS);
+                venv::ensure(&store, release, &python, &requirements, &revision.dir, &logs_file, log)
             })?;
             log.step("import check", |_| {
                 let module = release_module(&staging)?;

@@ -17,5 +17,6 @@ mod store;
 mod users;
 mod util;
 mod venv;
+mod wheels;
 
 pub use cli::main;

@@ -16,6 +16,7 @@ use crate::{
     store::{Lock, Store, VENV_COMPLETE},
     users,
     util::{Log, now},
+    wheels,
 };
 
 /// Room a venv of ours takes, roughly (hypercorn and a web framework), for the preflight.
@@ -82,6 +83,15 @@ pub fn before_install(ctx: &Ctx, revision: &Revision, log: &mut Log) -> anyhow::
         Ok(())
     })?;
     let store = open_store(ctx, release)?;
+    if release.wheels.is_some() {
+        log.step("wheels fit the interpreter", |log| {
+            let python = Path::new(release.python.as_str());
+            let probed = wheels::probe(python, store.owner)?;
+            let manifest = Manifest::parse(&revision.manifest_text)?;
+            log.info(wheels::check_fit(release, &manifest, python, &probed)?);
+            Ok(())
+        })?;
+    }
     let (free, need) = log.step("free space", |_| {
         let manifest = Manifest::parse(&revision.manifest_text)?;
         let files: u64 = manifest.entries.iter().map(|e| e.size).sum();

@@ -1,5 +1,6 @@
 //! The Python environment: `venvs/<key>`, content-addressed, built at its final path as the app
-//! user (venvs are not relocatable), with uv when there is one, else `python -m venv` and pip.
+//! user (venvs are not relocatable), with uv when the app user can run one, else `python -m venv`
+//! and pip; from the revision's wheels when it ships them (see `wheels.rs`).
 
 use std::{
     ffi::OsString,
@@ -10,12 +11,13 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use packaging::config::{Installer, Release, venv_key};
+use packaging::config::{Installer, Release};
 
 use crate::{
     child::{self, Spawn},
     store::{Store, VENV_COMPLETE, write_atomic},
     util::Log,
+    wheels,
 };
 
 /// What [`ensure`] did.
@@ -76,30 +78,44 @@ pub fn child_env(store: &Store, extra_path: Option<&Path>) -> Vec<(OsString, OsS
     env
 }
 
-/// Makes `venvs/<key>` exist and be complete. `python` is the interpreter's host path.
+/// Makes `venvs/<key>` exist and be complete. `python` is the interpreter's host path,
+/// `archive` the extracted revision (where a vendored `bin/uv` is). A complete venv is reused
+/// only when the interpreter is the one that built it (its real version, ABI, arch and libc, as
+/// recorded in the marker); otherwise it is built again, saying why.
 pub fn ensure(
     store: &Store,
     release: &Release,
     python: &Path,
     requirements: &Path,
+    archive: &Path,
     log_file: &Path,
     log: &Log,
 ) -> anyhow::Result<Outcome> {
     let req_bytes =
         fs::read(requirements).with_context(|| format!("cannot read {}", requirements.display()))?;
-    let key = venv_key(release.python.as_str(), release.installer, &req_bytes);
+    let key = release.expected_venv_key(&req_bytes);
     if key != release.venv_key {
         bail!(
             "release.yaml names the venv {} but its inputs hash to {key}; rebuild the bundle",
             release.venv_key
         );
     }
-    let dir = store.venvs().join(&key);
-    if dir.join(VENV_COMPLETE).exists() {
-        return Ok(Outcome::Reused);
-    }
     if !python.is_file() {
         bail!("the interpreter {} does not exist (deploy.yaml python)", release.python);
+    }
+    let probed = wheels::probe(python, store.owner)?;
+    let dir = store.venvs().join(&key);
+    if let Ok(marker) = fs::read_to_string(dir.join(VENV_COMPLETE)) {
+        match wheels::recorded_identity(&marker) {
+            Some(built_by) if built_by == probed.identity => return Ok(Outcome::Reused),
+            Some(built_by) => log.info(format!(
+                "venv {key} was built by {built_by}, but {} is now {}: building it again",
+                python.display(),
+                probed.identity
+            )),
+            None => log
+                .info(format!("venv {key} does not record the interpreter that built it: building it again")),
+        }
     }
     if dir.exists() {
         fs::remove_dir_all(&dir)
@@ -108,10 +124,24 @@ pub fn ensure(
     let uv = match release.installer {
         Installer::Pip => None,
         Installer::Uv => Some(
-            find_uv()
-                .context("deploy.yaml asks for uv, but no uv is on PATH or in /usr/local/bin, /usr/bin")?,
+            wheels::pick_uv(Some(archive), store.owner)
+                .map_err(|why| anyhow::format_err!("deploy.yaml asks for installer: uv, but {why}"))?,
         ),
-        Installer::Auto => find_uv(),
+        Installer::Auto => match wheels::pick_uv(Some(archive), store.owner) {
+            Ok(uv) => Some(uv),
+            Err(why) => {
+                log.info(format!("installer auto: venv + pip instead of uv: {why}"));
+                None
+            }
+        },
+    };
+    // Vendored: the revision's wheels only, each checked against its hash, no index.
+    let offline = match &release.wheels {
+        Some(_) => {
+            let wheels_dir = requirements.parent().context("requirements have a directory")?.join("wheels");
+            wheels::offline_args(&wheels_dir)
+        }
+        None => Vec::new(),
     };
     let guard = RemoveOnDrop(Some(dir.clone()));
     store.mkdir(&dir, 0o755)?;
@@ -132,10 +162,11 @@ pub fn ensure(
         cmd.args(["venv", "--quiet", "--no-config", "--allow-existing", "--python"]).arg(python).arg(&dir);
         run("uv venv", cmd, 300)?;
         let mut cmd = Command::new(uv);
-        cmd.args(["pip", "install", "--no-config", "--python"])
-            .arg(dir.join("bin/python"))
-            .arg("-r")
-            .arg(requirements);
+        cmd.args(["pip", "install", "--no-config", "--python"]).arg(dir.join("bin/python"));
+        if !offline.is_empty() {
+            cmd.arg("--offline").args(&offline);
+        }
+        cmd.arg("-r").arg(requirements);
         run("uv pip install", cmd, 1800)?;
         "uv"
     } else {
@@ -144,7 +175,7 @@ pub fn ensure(
         cmd.args(["-m", "venv"]).arg(&dir);
         run("python -m venv", cmd, 300)?;
         let mut cmd = Command::new(dir.join("bin/python"));
-        cmd.args(["-m", "pip", "install", "--no-input", "-r"]).arg(requirements);
+        cmd.args(["-m", "pip", "install", "--no-input"]).args(&offline).arg("-r").arg(requirements);
         run("pip install", cmd, 1800)?;
         "pip"
     };
@@ -152,7 +183,8 @@ pub fn ensure(
     cmd.args(["-c", "import hypercorn"]);
     run("the venv's import of hypercorn", cmd, 120)?;
     let marker = dir.join(VENV_COMPLETE);
-    write_atomic(&marker, format!("installer={used}\nkey={key}\n").as_bytes(), 0o644)?;
+    let text = format!("installer={used}\nkey={key}\n{}", wheels::marker_line(&probed));
+    write_atomic(&marker, text.as_bytes(), 0o644)?;
     store.own(&marker)?;
     guard.disarm();
     Ok(Outcome::Built(used))

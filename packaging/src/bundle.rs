@@ -11,7 +11,7 @@ use std::{
 use appspec::AppSpec;
 
 use crate::{
-    config::{ConfigError, DEPLOY_YAML, DeployConfig, Release},
+    config::{ConfigError, DEPLOY_YAML, Dependencies, DeployConfig, Release},
     layout,
     manifest::{self, Manifest, is_clean_path, link_stays_inside, normalized_mode},
     render,
@@ -115,6 +115,17 @@ pub struct Bundle {
     pub manifest: String,
     /// Every file, rendered or read from the app directory.
     pub entries: Vec<Entry>,
+}
+
+/// What `dependencies: vendored` adds to a revision, prepared by the caller (which downloads).
+#[derive(Debug, Clone)]
+pub struct Vendored {
+    /// The requirements as shipped: every wheel pinned with `==` and `--hash=sha256:`.
+    pub requirements: Vec<u8>,
+    /// Wheel file names and where to read them.
+    pub wheels: Vec<(String, PathBuf)>,
+    /// The static uv binary for the arch and its version.
+    pub uv: (PathBuf, String),
 }
 
 /// A bundle on disk.
@@ -225,7 +236,8 @@ fn source_entries(src: &Path) -> Result<Vec<Entry>, BundleError> {
 pub struct AppSource {
     /// deploy.yaml as read.
     pub config: DeployConfig,
-    requirements: Vec<u8>,
+    /// The requirements file as written (pins without hashes).
+    pub requirements: Vec<u8>,
     sample_env: Vec<u8>,
     entries: Vec<Entry>,
 }
@@ -257,12 +269,48 @@ impl AppSource {
 impl Bundle {
     /// Renders every file for `arch` and computes the manifest. `hook` is the built
     /// deploy-hook for `arch`.
-    pub fn new(app: &AppSource, hook: &Path, arch: Arch) -> Result<Bundle, BundleError> {
+    ///
+    /// With `dependencies: vendored`, `vendored` brings the wheels, the hash-pinned
+    /// requirements and uv; with `dependencies: index` it must be `None`.
+    pub fn new(
+        app: &AppSource,
+        hook: &Path,
+        arch: Arch,
+        vendored: Option<&Vendored>,
+    ) -> Result<Bundle, BundleError> {
         let config = app.config.clone();
         let mut entries = app.entries.clone();
         let hook_bytes = fs::read(hook).map_err(io_err(hook))?;
-        let release = config.resolve(&app.requirements, arch.name());
-        let (sample_env, requirements) = (app.sample_env.clone(), app.requirements.clone());
+        let requirements = match (config.dependencies, vendored) {
+            (Dependencies::Vendored, Some(v)) => v.requirements.clone(),
+            (Dependencies::Index, None) => app.requirements.clone(),
+            (Dependencies::Vendored, None) => {
+                return Err(BundleError::Source {
+                    path: DEPLOY_YAML.into(),
+                    message: "dependencies: vendored needs the wheels and uv; none were prepared".into(),
+                });
+            }
+            (Dependencies::Index, Some(_)) => {
+                return Err(BundleError::Source {
+                    path: DEPLOY_YAML.into(),
+                    message: "dependencies: index ships no wheels, but wheels were prepared".into(),
+                });
+            }
+        };
+        let release = config.resolve(&requirements, arch.name(), vendored.map(|v| v.uv.1.as_str()));
+        let sample_env = app.sample_env.clone();
+        if let Some(v) = vendored {
+            entries.push(Entry {
+                path: layout::UV.into(),
+                content: Content::File { mode: 0o755, source: Source::File(v.uv.0.clone()) },
+            });
+            for (name, path) in &v.wheels {
+                entries.push(Entry {
+                    path: format!("{}/{name}", layout::WHEELS),
+                    content: Content::File { mode: 0o644, source: Source::File(path.clone()) },
+                });
+            }
+        }
 
         let appspec =
             AppSpec::single_binary(layout::HOOK, |event| release.timeouts.of(event).secs()).render()?;

@@ -98,7 +98,8 @@ fn bench_bundle(sh: &Shell, app: &Path, hook: &Path, work: &Path, runs: usize) -
     let out = work.join("bundles");
     let tree = work.join("tree");
     let source = AppSource::load(app)?;
-    let bundle = Bundle::new(&source, hook, Arch::X86_64)?;
+    let vendored = crate::wheels::for_app(&source, app, Arch::X86_64)?;
+    let bundle = Bundle::new(&source, hook, Arch::X86_64, vendored.as_ref())?;
     let written = bundle.write(&out, 1)?;
     fs::create_dir_all(&tree)?;
     let path = &written.path;
@@ -107,7 +108,8 @@ fn bench_bundle(sh: &Shell, app: &Path, hook: &Path, work: &Path, runs: usize) -
     for _ in 0..runs {
         let t = Instant::now();
         let source = AppSource::load(app)?;
-        Bundle::new(&source, hook, Arch::X86_64)?.write(&out, 1)?;
+        let vendored = crate::wheels::for_app(&source, app, Arch::X86_64)?;
+        Bundle::new(&source, hook, Arch::X86_64, vendored.as_ref())?.write(&out, 1)?;
         ours.push(t.elapsed());
         let t = Instant::now();
         let gz = work.join("gnu.tgz");
@@ -146,7 +148,9 @@ fn bench_redeploy(sh: &Shell, app: &Path, hook: &Path, work: &Path, runs: usize)
         n += 1;
         fs::write(app.join("src/BENCH_REVISION.txt"), format!("{n}\n"))?;
         let source = AppSource::load(app)?;
-        let written = Bundle::new(&source, hook, Arch::X86_64)?.write(&work.join("bundles"), 1)?;
+        let vendored = crate::wheels::for_app(&source, app, Arch::X86_64)?;
+        let written =
+            Bundle::new(&source, hook, Arch::X86_64, vendored.as_ref())?.write(&work.join("bundles"), 1)?;
         let id = format!("d-BENCH{n:05}");
         let archive =
             root.join("opt/codedeploy-agent/deployment-root/bench").join(&id).join("deployment-archive");

@@ -8,8 +8,8 @@ use xshell::{Shell, cmd};
 
 use crate::{check_static_elf, flags, project_root};
 
-/// The hook must stay well under this, in bytes, on x86_64.
-const HOOK_SIZE_BUDGET: u64 = 1024 * 1024;
+/// The hook must stay under this, in bytes, on x86_64 (2 MiB: room for features that need it).
+const HOOK_SIZE_BUDGET: u64 = 2 * 1024 * 1024;
 
 impl flags::Bundle {
     pub(crate) fn run(self) -> anyhow::Result<()> {
@@ -28,7 +28,8 @@ impl flags::Bundle {
         let mut paths = Vec::new();
         for &arch in arches {
             let hook = build_hook(&sh, arch)?;
-            let bundle = Bundle::new(&app, &hook, arch)?;
+            let vendored = crate::wheels::for_app(&app, &app_dir, arch)?;
+            let bundle = Bundle::new(&app, &hook, arch, vendored.as_ref())?;
             let written = bundle.write(&out_dir, mtime)?;
             let hook_size = std::fs::metadata(&hook)?.len();
             let shown = written.path.strip_prefix(&cwd).unwrap_or(&written.path).display().to_string();
@@ -38,6 +39,17 @@ impl flags::Bundle {
             println!("  revision  {}", bundle.revision);
             println!("  files     {}", bundle.file_count());
             println!("  hook      {} bytes, static {} ELF", hook_size, arch.name());
+            match (&bundle.release.wheels, &vendored) {
+                (Some(target), Some(v)) => println!(
+                    "  wheels    {} for CPython {} ({}) {}; uv {}",
+                    v.wheels.len(),
+                    target.python_version,
+                    target.abi,
+                    target.platform,
+                    target.uv_version
+                ),
+                _ => println!("  wheels    none (dependencies: index: the instances download them)"),
+            }
             println!("  mtime     {mtime} ({mtime_source})");
             paths.push((shown, bundle));
         }
@@ -97,7 +109,7 @@ pub(crate) fn build_hook(sh: &Shell, arch: Arch) -> anyhow::Result<PathBuf> {
     check_static_elf(&bytes, arch.elf_machine())
         .with_context(|| format!("{}: not a static {} binary", hook.display(), arch.name()))?;
     if arch == Arch::X86_64 && bytes.len() as u64 > HOOK_SIZE_BUDGET {
-        eprintln!("xtask: warning: {} is {} bytes, over the 1 MiB budget", hook.display(), bytes.len());
+        eprintln!("xtask: warning: {} is {} bytes, over the 2 MiB budget", hook.display(), bytes.len());
     }
     Ok(hook)
 }

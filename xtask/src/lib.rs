@@ -6,6 +6,7 @@ mod elf;
 mod flags;
 mod rehearse;
 pub mod verify;
+pub mod wheels;
 
 use std::{path::PathBuf, process::ExitCode};
 
