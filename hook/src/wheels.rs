@@ -92,16 +92,10 @@ pub fn parse_identity(line: &str) -> Option<Interpreter> {
     Some(Interpreter { version: (major, minor), abi, arch: arch.to_owned(), libc })
 }
 
-/// Runs `cmd` with piped stdout and stderr, killing it past `timeout`.
+/// Runs `cmd` with piped stdout and stderr, killing it past `timeout`. For commands that print
+/// a line or two: the pipes are read once it exits.
 fn run_captured(mut cmd: Command, timeout: Duration) -> anyhow::Result<(bool, String, String)> {
     let mut child = cmd.spawn()?;
-    let (mut out, mut err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = err.read_to_string(&mut text);
-        text
-    });
-    let mut stdout = String::new();
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait()? {
@@ -114,8 +108,13 @@ fn run_captured(mut cmd: Command, timeout: Duration) -> anyhow::Result<(bool, St
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    let _ = out.read_to_string(&mut stdout);
-    let stderr = reader.join().unwrap_or_default();
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    if let Some(mut out) = child.stdout.take() {
+        let _ = out.read_to_string(&mut stdout);
+    }
+    if let Some(mut err) = child.stderr.take() {
+        let _ = err.read_to_string(&mut stderr);
+    }
     Ok((status.success(), stdout, stderr))
 }
 

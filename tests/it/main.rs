@@ -7,4 +7,5 @@ mod lifecycle;
 mod rehearse;
 mod systemd;
 mod tidy;
+mod vendored;
 mod verify;
