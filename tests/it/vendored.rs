@@ -176,7 +176,7 @@ fn unpinned_requirements_are_refused_at_bundle_time_with_the_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr
-            .contains("requirements.pip:5: `h2>=4` is not pinned to one version (fix: pin it: h2==VERSION)"),
+            .contains("requirements.pip:4: `h2>=4` is not pinned to one version (fix: pin it: h2==VERSION)"),
         "{stderr}"
     );
 }
@@ -240,4 +240,43 @@ fn the_aarch64_bundle_carries_aarch64_wheels_and_uv() {
         "{}",
         describe(&out)
     );
+}
+
+#[test]
+fn an_sdist_only_dependency_is_an_error_unless_build_sdists_allows_it() {
+    let (dir, app) = example_variant(free_port(), &[]).unwrap();
+    // docopt 0.6.2 is published as an sdist only, and is pure Python.
+    edit_file(&app, "requirements.pip", "h11==0.16.0", "docopt==0.6.2\nh11==0.16.0");
+    let bundle = |out: &str| {
+        xtask_bundle_cmd(&[
+            "--app",
+            path_str(&app).unwrap(),
+            "--out",
+            path_str(&dir.path().join(out)).unwrap(),
+        ])
+        .output()
+        .unwrap()
+    };
+    let out = bundle("a");
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("docopt==0.6.2: no wheel for CPython 3.11 (cp311) on manylinux_2_17_x86_64")
+            && stderr.contains("build_sdists"),
+        "{stderr}"
+    );
+
+    edit_file(
+        &app,
+        "deploy.yaml",
+        "platform: manylinux_2_17",
+        "platform: manylinux_2_17\nbuild_sdists: [docopt]",
+    );
+    let out = bundle("b");
+    assert!(out.status.success(), "{}", describe(&out));
+    let path = &tests::bundle_paths(&out)[0];
+    let list = String::from_utf8(run_ok(Command::new("tar").arg("-tzf").arg(path)).unwrap().stdout).unwrap();
+    assert!(list.contains("dependencies/wheels/docopt-0.6.2-py2.py3-none-any.whl"), "{list}");
+    let verify = crate::verify::xtask_verify(&[path_str(path).unwrap()]);
+    assert!(verify.status.success(), "{}", describe(&verify));
 }

@@ -19,6 +19,10 @@ impl flags::Bundle {
         let out_dir = cwd.join(&self.out);
         // Check the app before the slow build, so bad input fails in milliseconds.
         let app = AppSource::load(&app_dir)?;
+        if app.config.dependencies == packaging::config::Dependencies::Vendored {
+            let requirements = app_dir.join(app.config.requirements.as_str());
+            crate::wheels::check_pins(&requirements, &String::from_utf8_lossy(&app.requirements))?;
+        }
         let (mtime, mtime_source) = source_date_epoch(&sh, &app_dir)?;
         let arches: &[Arch] = match self.target {
             flags::Target::X86_64 => &[Arch::X86_64],
