@@ -280,3 +280,33 @@ fn an_sdist_only_dependency_is_an_error_unless_build_sdists_allows_it() {
     let verify = crate::verify::xtask_verify(&[path_str(path).unwrap()]);
     assert!(verify.status.success(), "{}", describe(&verify));
 }
+
+#[test]
+fn verify_reports_wheels_that_do_not_fit_are_unlisted_missing_or_rehashed() {
+    let dir = tempfile::tempdir().unwrap();
+    run_ok(Command::new("tar").arg("-xzf").arg(tests::example_bundle()).arg("-C").arg(dir.path())).unwrap();
+    let options = xtask::verify::Options::default();
+    let report = xtask::verify::verify(dir.path(), &options).unwrap();
+    assert_eq!(crate::verify::rules(&report), Vec::<String>::new(), "the example verifies clean");
+
+    let wheels = dir.path().join("dependencies/wheels");
+    // An aarch64 build of a listed requirement next to the x86_64 one, an unlisted wheel, and
+    // a listed one gone.
+    fs::write(wheels.join("markupsafe-3.0.3-cp311-cp311-manylinux_2_17_aarch64.whl"), b"not this arch")
+        .unwrap();
+    fs::write(wheels.join("six-1.17.0-py2.py3-none-any.whl"), b"unlisted").unwrap();
+    fs::remove_file(wheels.join("h11-0.16.0-py3-none-any.whl")).unwrap();
+    let report = xtask::verify::verify(dir.path(), &options).unwrap();
+    let shown: Vec<String> = report.findings.iter().map(|f| f.to_string()).collect();
+    let has = |rule: &str, text: &str| {
+        assert!(
+            report.findings.iter().any(|f| f.rule == rule && f.is_error() && f.to_string().contains(text)),
+            "expected {rule} about {text}:\n{}",
+            shown.join("\n")
+        )
+    };
+    has("wheels.tags", "markupsafe-3.0.3-cp311-cp311-manylinux_2_17_aarch64.whl");
+    has("wheels.hash", "markupsafe-3.0.3-cp311-cp311-manylinux_2_17_aarch64.whl");
+    has("wheels.unlisted", "six==1.17.0");
+    has("wheels.missing", "h11==0.16.0");
+}
