@@ -331,8 +331,14 @@ fn pinned_lines(text: &str) -> Vec<Pinned> {
 
 /// The vendored wheels of a revision against its release.yaml and requirements: each wheel's
 /// tags fit the bundle's arch and Python, every requirement has a wheel and a hash that
-/// matches it, and no wheel is unlisted. `wheels` are `(file name, sha256)`.
-pub fn wheels(release: &Release, requirements: &str, wheels: &[(String, String)]) -> Vec<Finding> {
+/// matches it, and no wheel is unlisted. `wheels` are `(file name, sha256)`; `arch` is the
+/// instances' (release.yaml's unless told otherwise).
+pub fn wheels(
+    release: &Release,
+    arch: &str,
+    requirements: &str,
+    wheels: &[(String, String)],
+) -> Vec<Finding> {
     use crate::{config::Dependencies, layout, wheel::WheelName};
     let req_file = layout::REQUIREMENTS;
     let mut out = Vec::new();
@@ -372,13 +378,16 @@ pub fn wheels(release: &Release, requirements: &str, wheels: &[(String, String)]
         ));
         return out;
     };
-    if interp.arch != release.arch {
+    if interp.arch != arch {
         out.push(Finding::file(
-            crate::layout::RELEASE_YAML,
+            layout::WHEELS,
             "wheels.target",
             Severity::Error,
-            format!("the wheels are for {}, but the bundle's arch is {}", target.platform, release.arch),
-            format!("bundle again: cargo xtask bundle --target {}", release.arch),
+            format!(
+                "the wheels are for {}, but the instances are {arch}: pip and uv refuse them",
+                target.platform
+            ),
+            format!("bundle again: cargo xtask bundle --target {arch}"),
         ));
     }
     let pins = pinned_lines(requirements);

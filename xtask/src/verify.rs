@@ -688,7 +688,9 @@ fn check_vendored(
             revision.data(path).map(|data| (name.to_owned(), packaging::manifest::sha256_hex(data)))
         })
         .collect();
-    findings.extend(inspect::wheels(release, requirements, &wheels));
+    let arch = options.arch.or_else(|| Arch::from_name(&release.arch));
+    let arch_name = arch.map_or_else(|| release.arch.clone(), |a| a.name().to_owned());
+    findings.extend(inspect::wheels(release, &arch_name, requirements, &wheels));
     if release.wheels.is_none() {
         return;
     }
@@ -702,7 +704,6 @@ fn check_vendored(
         ));
         return;
     };
-    let arch = options.arch.or_else(|| Arch::from_name(&release.arch));
     let mut found = Vec::new();
     check_elf(layout::UV, data, arch, &mut found);
     for mut finding in found {
