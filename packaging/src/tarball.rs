@@ -63,20 +63,21 @@ pub struct Entry {
 
 /// Writes `entries`, sorted by path bytes (parents are added where missing), as a gzipped tar.
 pub fn write_tgz(entries: &[Entry], mtime: u64, out: impl Write + Send) -> io::Result<()> {
-    let mut all: Vec<Entry> = entries.to_vec();
+    // References, not copies: the entries may hold the whole source tree in memory.
+    let mut all: Vec<&Entry> = entries.iter().collect();
+    let present: std::collections::HashSet<&str> = entries.iter().map(|e| e.path.as_str()).collect();
     let mut dirs = std::collections::BTreeSet::new();
     for entry in entries {
         let mut path = entry.path.as_str();
         while let Some((parent, _)) = path.rsplit_once('/') {
-            dirs.insert(parent.to_owned());
+            if !present.contains(parent) {
+                dirs.insert(parent.to_owned());
+            }
             path = parent;
         }
     }
-    for dir in dirs {
-        if !all.iter().any(|e| e.path == dir) {
-            all.push(Entry { path: dir, content: Content::Dir });
-        }
-    }
+    let dirs: Vec<Entry> = dirs.into_iter().map(|path| Entry { path, content: Content::Dir }).collect();
+    all.extend(&dirs);
     all.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
     if let Some(w) = all.windows(2).find(|w| w[0].path == w[1].path) {
         return Err(io::Error::new(
@@ -91,7 +92,7 @@ pub fn write_tgz(entries: &[Entry], mtime: u64, out: impl Write + Send) -> io::R
     })
 }
 
-fn write_tar<W: Write + Send>(all: &[Entry], mtime: u64, gz: ParallelGz<'_, W>) -> io::Result<()> {
+fn write_tar<W: Write + Send>(all: &[&Entry], mtime: u64, gz: ParallelGz<'_, W>) -> io::Result<()> {
     let mut tar = tar::Builder::new(gz);
     tar.mode(tar::HeaderMode::Deterministic);
     for entry in all {

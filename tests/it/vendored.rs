@@ -310,3 +310,33 @@ fn verify_reports_wheels_that_do_not_fit_are_unlisted_missing_or_rehashed() {
     has("wheels.unlisted", "six==1.17.0");
     has("wheels.missing", "h11==0.16.0");
 }
+
+#[test]
+fn dependencies_index_ships_no_wheels_and_installs_from_the_index() {
+    let port = free_port();
+    let (dir, app) = example_variant(
+        port,
+        &[("dependencies: vendored", "dependencies: index"), ("installer: auto", "installer: pip")],
+    )
+    .unwrap();
+    let bundle = build_bundle(&app, &dir.path().join("a"), &[]).unwrap();
+    let list =
+        String::from_utf8(run_ok(Command::new("tar").arg("-tzf").arg(&bundle)).unwrap().stdout).unwrap();
+    assert!(!list.contains("dependencies/wheels") && !list.contains("bin/uv"), "{list}");
+    let shipped =
+        run_ok(Command::new("tar").arg("-xzOf").arg(&bundle).arg("dependencies/requirements.pip")).unwrap();
+    assert_eq!(shipped.stdout, fs::read(app.join("requirements.pip")).unwrap(), "shipped as written");
+    let verify = crate::verify::xtask_verify(&[path_str(&bundle).unwrap()]);
+    assert!(verify.status.success(), "{}", describe(&verify));
+
+    let sandbox = Sandbox::new().unwrap();
+    let archive = sandbox.extract(&bundle, "d-INDEX0001").unwrap();
+    let out = sandbox.hook(&archive, "BeforeInstall", "d-INDEX0001").output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = sandbox.hook(&archive, "AfterInstall", "d-INDEX0001").output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(last_line(&out).contains("venv built with pip"), "{}", describe(&out));
+    let _service = sandbox.start_service(UNIT).unwrap();
+    let (status, body) = http_get(port, "/healthz", Duration::from_secs(20)).unwrap();
+    assert_eq!(status, 200, "{body}");
+}
