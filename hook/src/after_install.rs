@@ -333,6 +333,7 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
                     &python,
                     &requirements,
                     &requirements_shown(rev),
+                    &revision.dir,
                     &logs_file,
                     log,
                 )
@@ -368,6 +369,7 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
                     &python,
                     &requirements,
                     &requirements_shown(&staging_name),
+                    &revision.dir,
                     &logs_file,
                     log,
                 )

@@ -59,6 +59,9 @@ pub fn run(mut cmd: Command, spawn: Spawn<'_>) -> anyhow::Result<()> {
     let mut child = cmd.spawn().with_context(|| format!("cannot start {}", spawn.what))?;
     let pgid = child.id() as libc::pid_t;
     let started = Instant::now();
+    // Short children (uv venv, an import check) end in milliseconds: poll fast at first, then
+    // back off to 50 ms.
+    let mut pause = Duration::from_millis(1);
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
@@ -74,7 +77,8 @@ pub fn run(mut cmd: Command, spawn: Spawn<'_>) -> anyhow::Result<()> {
             kill_group(pgid, &mut child);
             return Err(format_err!("{} {cause}{}", spawn.what, tail(spawn.log, start_offset)));
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
     };
     if status.success() {
         return Ok(());

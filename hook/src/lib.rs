@@ -21,5 +21,6 @@ mod unit;
 mod users;
 mod util;
 mod venv;
+mod wheels;
 
 pub use cli::main;

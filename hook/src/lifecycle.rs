@@ -15,6 +15,7 @@ use crate::{
     store::{Lock, READ_CAP, Store, VENV_COMPLETE, is_revision, lock_wait},
     unit, users,
     util::{Log, now},
+    wheels,
 };
 
 /// Room a venv of ours takes, roughly (hypercorn and a web framework), for the preflight.
@@ -81,6 +82,15 @@ pub fn before_install(ctx: &Ctx, revision: &Revision, log: &mut Log) -> anyhow::
         Ok(())
     })?;
     let store = Store::open(&ctx.root, release)?;
+    if release.wheels.is_some() {
+        log.step("wheels fit the interpreter", |log| {
+            let python = Path::new(release.python.as_str());
+            let probed = wheels::probe(python, store.owner.map(|_| store.builder))?;
+            let manifest = Manifest::parse(&revision.manifest_text)?;
+            log.info(wheels::check_fit(release, &manifest, python, &probed)?);
+            Ok(())
+        })?;
+    }
     let (free, need) = log.step("free space", |_| {
         let manifest = Manifest::parse(&revision.manifest_text)?;
         let files: u64 = manifest.entries.iter().map(|e| e.size).sum();

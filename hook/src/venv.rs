@@ -1,9 +1,11 @@
 //! The Python environment: `venvs/<key>`, content-addressed, built at its final path (venvs are
-//! not relocatable) with uv when there is one, else `python -m venv` and pip, bytecode compiled at
-//! build time. The installers run as the build identity (`nobody` when the hook is root), never as
-//! the app user, in a directory the app user cannot write, with their caches and temporary files
-//! in `<app_root>/.build` (the build identity's, mode 0700); once built and checked, the venv is
-//! given to the hook's user (root) and made read-only before anything runs from it.
+//! not relocatable) with uv when the build identity can run one (the revision's own, or one on
+//! the instance), else `python -m venv` and pip, from the revision's wheels when it ships them
+//! (see `wheels.rs`), bytecode compiled at build time. The installers run as the build identity
+//! (`nobody` when the hook is root), never as the app user, in a directory the app user cannot
+//! write, with their caches and temporary files in `<app_root>/.build` (the build identity's,
+//! mode 0700); once built and checked, the venv is given to the hook's user (root) and made
+//! read-only before anything runs from it.
 
 use std::{
     ffi::OsString,
@@ -14,12 +16,13 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use packaging::config::{Installer, Release, venv_key};
+use packaging::config::{Installer, Release};
 
 use crate::{
     child::{self, Spawn},
     store::{Store, VENV_COMPLETE},
     util::Log,
+    wheels,
 };
 
 /// The build identity's directory in the app root: installer caches and temporary files.
@@ -77,42 +80,73 @@ pub fn child_env(store: &Store, extra_path: Option<&Path>) -> Vec<(OsString, OsS
     env
 }
 
-/// Makes `venvs/<key>` exist and be complete. `python` is the interpreter's host path.
+/// Makes `venvs/<key>` exist and be complete. `python` is the interpreter's host path,
+/// `archive` the extracted revision (where a vendored `bin/uv` is). A complete venv is reused
+/// only when the interpreter is the one that built it (its real version, ABI, arch and libc, as
+/// recorded in the marker); otherwise it is built again, saying why.
 pub fn ensure(
     store: &Store,
     release: &Release,
     python: &Path,
     req_bytes: &[u8],
     requirements: &Path,
+    archive: &Path,
     log_file: &Path,
     log: &Log,
 ) -> anyhow::Result<Outcome> {
-    let key = venv_key(release.python.as_str(), release.installer, req_bytes);
+    let key = release.expected_venv_key(req_bytes);
     if key != release.venv_key {
         bail!(
             "release.yaml names the venv {} but its inputs hash to {key}; rebuild the bundle",
             release.venv_key
         );
     }
-    let venvs = store.dir.sub_owned("venvs", store.me.uid)?;
-    if let Ok(done) = venvs.sub_owned(&key, store.me.uid)
-        && done.stat_at(VENV_COMPLETE)?.is_some()
-    {
-        return Ok(Outcome::Reused);
-    }
-    // The path the installers see: venvs bake it in.
-    let dir = store.app_root.join("venvs").join(&key);
     if !python.is_file() {
         bail!("the interpreter {} does not exist (deploy.yaml python)", release.python);
     }
+    // The interpreter and uv are run as the build identity, never as the app user, whose
+    // processes could change what they answer.
+    let ids = store.owner.map(|_| store.builder);
+    let probed = wheels::probe(python, ids)?;
+    let venvs = store.dir.sub_owned("venvs", store.me.uid)?;
+    if let Ok(done) = venvs.sub_owned(&key, store.me.uid)
+        && let Some(marker) = done.read(VENV_COMPLETE, 64 << 10)?
+    {
+        match wheels::recorded_identity(&String::from_utf8_lossy(&marker)) {
+            Some(built_by) if built_by == probed.identity => return Ok(Outcome::Reused),
+            Some(built_by) => log.info(format!(
+                "venv {key} was built by {built_by}, but {} is now {}: building it again",
+                python.display(),
+                probed.identity
+            )),
+            None => log
+                .info(format!("venv {key} does not record the interpreter that built it: building it again")),
+        }
+    }
+    // The path the installers see: venvs bake it in.
+    let dir = store.app_root.join("venvs").join(&key);
     venvs.remove(&key).context("cannot remove an unfinished venv")?;
     let uv = match release.installer {
         Installer::Pip => None,
         Installer::Uv => Some(
-            find_uv()
-                .context("deploy.yaml asks for uv, but no uv is on PATH or in /usr/local/bin, /usr/bin")?,
+            wheels::pick_uv(Some(archive), ids)
+                .map_err(|why| anyhow::format_err!("deploy.yaml asks for installer: uv, but {why}"))?,
         ),
-        Installer::Auto => find_uv(),
+        Installer::Auto => match wheels::pick_uv(Some(archive), ids) {
+            Ok(uv) => Some(uv),
+            Err(why) => {
+                log.info(format!("installer auto: venv + pip instead of uv: {why}"));
+                None
+            }
+        },
+    };
+    // Vendored: the revision's wheels only, each checked against its hash, no index.
+    let offline = match &release.wheels {
+        Some(_) => {
+            let wheels_dir = requirements.parent().context("requirements have a directory")?.join("wheels");
+            wheels::offline_args(&wheels_dir)
+        }
+        None => Vec::new(),
     };
     let guard = RemoveOnDrop(Some(store.venvs().join(&key)));
     let builder = store.builder;
@@ -128,7 +162,6 @@ pub fn ensure(
         env.push((k.into(), build_dir.join(sub).into()));
     }
     env.push(("PIP_ROOT_USER_ACTION".into(), "ignore".into()));
-    let ids = store.owner.map(|_| builder);
     let run = |what: &str, mut cmd: Command, timeout: u64| {
         cmd.env_clear().envs(env.iter().map(|(k, v)| (k, v))).current_dir(&store.app_root);
         child::run(cmd, Spawn { what, ids, timeout: Duration::from_secs(timeout), log: log_file })
@@ -140,9 +173,11 @@ pub fn ensure(
         run("uv venv", cmd, 300)?;
         let mut cmd = Command::new(uv);
         cmd.args(["pip", "install", "--no-config", "--compile-bytecode", "--python"])
-            .arg(dir.join("bin/python"))
-            .arg("-r")
-            .arg(requirements);
+            .arg(dir.join("bin/python"));
+        if !offline.is_empty() {
+            cmd.arg("--offline").args(&offline);
+        }
+        cmd.arg("-r").arg(requirements);
         run("uv pip install", cmd, 1800)?;
         "uv"
     } else {
@@ -151,7 +186,7 @@ pub fn ensure(
         cmd.args(["-m", "venv"]).arg(&dir);
         run("python -m venv", cmd, 300)?;
         let mut cmd = Command::new(dir.join("bin/python"));
-        cmd.args(["-m", "pip", "install", "--no-input", "-r"]).arg(requirements);
+        cmd.args(["-m", "pip", "install", "--no-input"]).args(&offline).arg("-r").arg(requirements);
         run("pip install", cmd, 1800)?;
         "pip"
     };
@@ -164,7 +199,8 @@ pub fn ensure(
     if built.stat_at("bin")?.is_none() {
         bail!("{} has no bin/ after the build; it was moved or replaced while it was built", dir.display());
     }
-    built.write_atomic(VENV_COMPLETE, format!("installer={used}\nkey={key}\n").as_bytes(), 0o644, None)?;
+    let marker = format!("installer={used}\nkey={key}\n{}", wheels::marker_line(&probed));
+    built.write_atomic(VENV_COMPLETE, marker.as_bytes(), 0o644, None)?;
     guard.disarm();
     Ok(Outcome::Built(used))
 }

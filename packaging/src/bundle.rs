@@ -11,7 +11,7 @@ use std::{
 use appspec::AppSpec;
 
 use crate::{
-    config::{ConfigError, DEPLOY_YAML, DeployConfig, Release},
+    config::{ConfigError, DEPLOY_YAML, Dependencies, DeployConfig, Release},
     layout,
     manifest::{self, Manifest, is_clean_path, link_stays_inside, normalized_mode},
     render,
@@ -115,6 +115,17 @@ pub struct Bundle {
     pub manifest: String,
     /// Every file, rendered or read from the app directory.
     pub entries: Vec<Entry>,
+}
+
+/// What `dependencies: vendored` adds to a revision, prepared by the caller (which downloads).
+#[derive(Debug, Clone)]
+pub struct Vendored {
+    /// The requirements as shipped: every wheel pinned with `==` and `--hash=sha256:`.
+    pub requirements: Vec<u8>,
+    /// Wheel file names and where to read them.
+    pub wheels: Vec<(String, PathBuf)>,
+    /// The static uv binary for the arch and its version.
+    pub uv: (PathBuf, String),
 }
 
 /// A bundle on disk.
@@ -225,7 +236,8 @@ fn source_entries(src: &Path) -> Result<Vec<Entry>, BundleError> {
 pub struct AppSource {
     /// deploy.yaml as read.
     pub config: DeployConfig,
-    requirements: Vec<u8>,
+    /// The requirements file as written (pins without hashes).
+    pub requirements: Vec<u8>,
     sample_env: Vec<u8>,
     entries: Vec<Entry>,
 }
@@ -257,12 +269,48 @@ impl AppSource {
 impl Bundle {
     /// Renders every file for `arch` and computes the manifest. `hook` is the built
     /// deploy-hook for `arch`.
-    pub fn new(app: &AppSource, hook: &Path, arch: Arch) -> Result<Bundle, BundleError> {
+    ///
+    /// With `dependencies: vendored`, `vendored` brings the wheels, the hash-pinned
+    /// requirements and uv; with `dependencies: index` it must be `None`.
+    pub fn new(
+        app: &AppSource,
+        hook: &Path,
+        arch: Arch,
+        vendored: Option<&Vendored>,
+    ) -> Result<Bundle, BundleError> {
         let config = app.config.clone();
         let mut entries = app.entries.clone();
         let hook_bytes = fs::read(hook).map_err(io_err(hook))?;
-        let release = config.resolve(&app.requirements, arch.name());
-        let (sample_env, requirements) = (app.sample_env.clone(), app.requirements.clone());
+        let requirements = match (config.dependencies, vendored) {
+            (Dependencies::Vendored, Some(v)) => v.requirements.clone(),
+            (Dependencies::Index, None) => app.requirements.clone(),
+            (Dependencies::Vendored, None) => {
+                return Err(BundleError::Source {
+                    path: DEPLOY_YAML.into(),
+                    message: "dependencies: vendored needs the wheels and uv; none were prepared".into(),
+                });
+            }
+            (Dependencies::Index, Some(_)) => {
+                return Err(BundleError::Source {
+                    path: DEPLOY_YAML.into(),
+                    message: "dependencies: index ships no wheels, but wheels were prepared".into(),
+                });
+            }
+        };
+        let release = config.resolve(&requirements, arch.name(), vendored.map(|v| v.uv.1.as_str()));
+        let sample_env = app.sample_env.clone();
+        if let Some(v) = vendored {
+            entries.push(Entry {
+                path: layout::UV.into(),
+                content: Content::File { mode: 0o755, source: Source::File(v.uv.0.clone()) },
+            });
+            for (name, path) in &v.wheels {
+                entries.push(Entry {
+                    path: format!("{}/{name}", layout::WHEELS),
+                    content: Content::File { mode: 0o644, source: Source::File(path.clone()) },
+                });
+            }
+        }
 
         let appspec =
             AppSpec::single_binary(layout::HOOK, |event| release.timeouts.of(event).secs()).render()?;
@@ -286,32 +334,22 @@ impl Bundle {
             entries.push(Entry { path, content: Content::File { mode, source: Source::Bytes(data) } });
         }
 
+        let hashes = read_and_hash(&mut entries)?;
         let mut manifest = Manifest::default();
-        for entry in &entries {
-            match &entry.content {
-                Content::Dir => {}
-                Content::Symlink { target } => {
+        for (entry, hash) in entries.iter().zip(hashes) {
+            match (&entry.content, hash) {
+                (Content::Symlink { target }, _) => {
                     manifest.push(&entry.path, manifest::SYMLINK, target.as_bytes())
                 }
-                Content::File { mode, source } => {
-                    let full_mode = 0o100000 | mode;
-                    match source {
-                        Source::Bytes(bytes) => manifest.push(&entry.path, full_mode, bytes),
-                        Source::File(path) => {
-                            let (sha256, size) =
-                                manifest::hash_file(path).map_err(|e| BundleError::Source {
-                                    path: path.display().to_string(),
-                                    message: e.to_string(),
-                                })?;
-                            manifest.entries.push(manifest::ManifestEntry {
-                                path: entry.path.clone(),
-                                mode: full_mode,
-                                size,
-                                sha256,
-                            });
-                        }
-                    }
+                (Content::File { mode, .. }, Some((sha256, size))) => {
+                    manifest.entries.push(manifest::ManifestEntry {
+                        path: entry.path.clone(),
+                        mode: 0o100000 | mode,
+                        size,
+                        sha256,
+                    });
                 }
+                _ => {}
             }
         }
         manifest.sort();
@@ -361,6 +399,61 @@ impl Bundle {
             .map_err(|e| BundleError::Io { path: path.display().to_string(), source: e.error })?;
         Ok(Written { path, size, sha256 })
     }
+}
+
+/// Files up to this size are read once, in parallel, and kept in memory for the archive, so the
+/// manifest hashes exactly the bytes archived and 20,000 small files cost one read each.
+const KEEP_IN_MEMORY: u64 = 1 << 20;
+/// At most this much source is kept in memory; the rest is read again when archived.
+const MEMORY_BUDGET: u64 = 1 << 30;
+
+/// Hashes every file of `entries` on every core, reading the small source files once and
+/// keeping them in memory for the archive. The result is by entry (`None` for directories and
+/// links); it never depends on the thread count.
+fn read_and_hash(entries: &mut [Entry]) -> Result<Vec<Option<(String, u64)>>, BundleError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 16);
+    let kept = std::sync::atomic::AtomicU64::new(0);
+    let per_thread = entries.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = entries
+            .chunks_mut(per_thread)
+            .map(|part| {
+                let kept = &kept;
+                scope.spawn(move || -> Result<Vec<Option<(String, u64)>>, BundleError> {
+                    let mut out = Vec::with_capacity(part.len());
+                    for entry in part {
+                        let Content::File { source, .. } = &mut entry.content else {
+                            out.push(None);
+                            continue;
+                        };
+                        if let Source::File(path) = source {
+                            let meta = fs::metadata(&*path).map_err(io_err(path))?;
+                            let keep = meta.len() <= KEEP_IN_MEMORY
+                                && kept.fetch_add(meta.len(), std::sync::atomic::Ordering::Relaxed)
+                                    <= MEMORY_BUDGET;
+                            if !keep {
+                                let hash = manifest::hash_file(path).map_err(|e| BundleError::Source {
+                                    path: path.display().to_string(),
+                                    message: e.to_string(),
+                                })?;
+                                out.push(Some(hash));
+                                continue;
+                            }
+                            *source = Source::Bytes(fs::read(&*path).map_err(io_err(path))?);
+                        }
+                        let Source::Bytes(bytes) = source else { unreachable!("read above") };
+                        out.push(Some((manifest::sha256_hex(bytes), bytes.len() as u64)));
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for worker in workers {
+            all.extend(worker.join().expect("a reader thread panicked")?);
+        }
+        Ok(all)
+    })
 }
 
 struct HashingWriter<W> {

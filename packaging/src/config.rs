@@ -206,6 +206,31 @@ fn health_url(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+fn py_version(value: &str) -> Result<(), String> {
+    let ok = value.strip_prefix("3.").is_some_and(|minor| {
+        !minor.is_empty() && minor.len() <= 3 && minor.bytes().all(|b| b.is_ascii_digit())
+    });
+    if ok { Ok(()) } else { Err(format!("{value:?} is not a CPython version like \"3.11\"")) }
+}
+
+fn platform_tag(value: &str) -> Result<(), String> {
+    let parts = value
+        .strip_prefix("manylinux_")
+        .or_else(|| value.strip_prefix("musllinux_"))
+        .and_then(|rest| rest.split_once('_'))
+        .filter(|(major, minor)| {
+            [major, minor]
+                .iter()
+                .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+        });
+    match parts {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "{value:?} is not a platform tag family like manylinux_2_17 or musllinux_1_2 (the arch comes from --target)"
+        )),
+    }
+}
+
 validated_string!(
     /// A name for the app: letters, digits, `-`, `_`, `.`.
     AppName, app_name);
@@ -233,6 +258,13 @@ validated_string!(
 validated_string!(
     /// An `http://` URL for the health check.
     HealthUrl, health_url);
+validated_string!(
+    /// A CPython feature version, `3.N`.
+    PyVersion, py_version);
+validated_string!(
+    /// A platform tag family with its libc floor, without the arch: `manylinux_2_17`,
+    /// `musllinux_1_2`.
+    PlatformTag, platform_tag);
 
 /// A hook timeout in seconds, 1..=3600.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -351,6 +383,28 @@ impl Installer {
             Installer::Auto => "auto",
             Installer::Uv => "uv",
             Installer::Pip => "pip",
+        }
+    }
+}
+
+/// Where the instance gets the Python packages from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dependencies {
+    /// The revision carries a wheel for every requirement and `bin/uv`, built for the instances'
+    /// arch and Python at bundle time; the instance installs them with no index.
+    #[default]
+    Vendored,
+    /// The instance downloads the pinned requirements from its package index.
+    Index,
+}
+
+impl Dependencies {
+    /// The name in deploy.yaml.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dependencies::Vendored => "vendored",
+            Dependencies::Index => "index",
         }
     }
 }
@@ -595,6 +649,21 @@ pub struct DeployConfig {
     /// How the venv is built.
     #[serde(default)]
     pub installer: Installer,
+    /// `vendored` (default): wheels and uv in the revision; `index`: pip or uv downloads them on
+    /// the instance.
+    #[serde(default)]
+    pub dependencies: Dependencies,
+    /// The instances' CPython version, `3.N`: the wheels are chosen for it.
+    #[serde(default = "default_python_version")]
+    pub python_version: PyVersion,
+    /// The platform tag family of the instances with its libc floor (the arch comes from
+    /// `--target`): the wheels are chosen for it.
+    #[serde(default = "default_platform")]
+    pub platform: PlatformTag,
+    /// Requirements with no wheel for the platform that may be built from their sdist at bundle
+    /// time (pure-Python packages only: the build runs on the build machine).
+    #[serde(default)]
+    pub build_sdists: Vec<Text>,
     /// The systemd service.
     #[serde(default)]
     pub service: ServiceConfig,
@@ -629,6 +698,12 @@ fn default_keep() -> AtLeast<2> {
 }
 fn default_python() -> AbsPath {
     AbsPath("/usr/bin/python3".into())
+}
+fn default_python_version() -> PyVersion {
+    PyVersion("3.11".into())
+}
+fn default_platform() -> PlatformTag {
+    PlatformTag("manylinux_2_17".into())
 }
 fn default_asgi_app() -> AsgiApp {
     AsgiApp("app:app".into())
@@ -699,6 +774,12 @@ pub struct Release {
     pub arch: String,
     /// Names the venv under `<app_root>/venvs/`; see [`venv_key`].
     pub venv_key: String,
+    /// Where the packages come from.
+    #[serde(default)]
+    pub dependencies: Dependencies,
+    /// The wheels' target, when vendored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wheels: Option<WheelTarget>,
     pub keep_releases: u32,
     pub shared_files: Vec<RelPath>,
     pub shared_dirs: Vec<RelPath>,
@@ -711,16 +792,54 @@ pub struct Release {
     pub timeouts: Timeouts,
 }
 
+/// What the vendored wheels were chosen for, and the uv that came with them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WheelTarget {
+    /// CPython `3.N`.
+    pub python_version: PyVersion,
+    /// The CPython ABI tag, `cp3N`.
+    pub abi: String,
+    /// The full platform tag, `manylinux_2_17_x86_64`.
+    pub platform: String,
+    /// The version of `bin/uv`, from the uv wheel it was taken from.
+    pub uv_version: String,
+}
+
+impl WheelTarget {
+    /// What goes into the venv key.
+    pub fn key_part(&self) -> String {
+        format!("{} {} {}", self.python_version, self.abi, self.platform)
+    }
+}
+
+impl PyVersion {
+    /// The CPython ABI tag, `cp311` for 3.11.
+    pub fn abi(&self) -> String {
+        format!("cp{}", self.0.replace('.', ""))
+    }
+}
+
 /// The current `schema` of release.yaml.
 pub const RELEASE_SCHEMA: u32 = 1;
 
 /// The venv's name: a hash of everything that makes it what it is.
 ///
 /// The installer *setting* is hashed, not what `auto` picks on a host, so the bundle and the
-/// hook agree on the name.
-pub fn venv_key(python: &str, installer: Installer, requirements: &[u8]) -> String {
+/// hook agree on the name. `target` is what the wheels were chosen for (the Python version, ABI
+/// and platform; empty with `dependencies: index`), and the requirements carry every wheel's
+/// hash when vendored, so a venv is shared only by releases that install the same wheels. The
+/// interpreter's real version is checked against the venv's marker on the instance.
+pub fn venv_key(python: &str, installer: Installer, target: &str, requirements: &[u8]) -> String {
     let mut hasher = Sha256::new();
-    for part in [b"venv-v1".as_slice(), python.as_bytes(), installer.as_str().as_bytes(), requirements] {
+    let parts = [
+        b"venv-v2".as_slice(),
+        python.as_bytes(),
+        installer.as_str().as_bytes(),
+        target.as_bytes(),
+        requirements,
+    ];
+    for part in parts {
         hasher.update((part.len() as u64).to_le_bytes());
         hasher.update(part);
     }
@@ -839,10 +958,20 @@ impl DeployConfig {
         })
     }
 
-    /// Resolves every default; `requirements` is the content of the requirements file, `arch`
-    /// the instances' architecture.
-    pub fn resolve(&self, requirements: &[u8], arch: &str) -> Release {
+    /// Resolves every default; `requirements` is the content of the requirements file as
+    /// shipped (hash-pinned when vendored), `arch` the instances' architecture, `uv_version` the
+    /// bundled uv's (when vendored).
+    pub fn resolve(&self, requirements: &[u8], arch: &str, uv_version: Option<&str>) -> Release {
         let health = &self.health;
+        let wheels = match (self.dependencies, uv_version) {
+            (Dependencies::Vendored, Some(uv)) => Some(WheelTarget {
+                python_version: self.python_version.clone(),
+                abi: self.python_version.abi(),
+                platform: format!("{}_{arch}", self.platform),
+                uv_version: uv.to_owned(),
+            }),
+            _ => None,
+        };
         Release {
             schema: RELEASE_SCHEMA,
             app: self.app.clone(),
@@ -853,7 +982,14 @@ impl DeployConfig {
             python: self.python.clone(),
             installer: self.installer,
             arch: arch.to_owned(),
-            venv_key: venv_key(self.python.as_str(), self.installer, requirements),
+            venv_key: venv_key(
+                self.python.as_str(),
+                self.installer,
+                &wheels.as_ref().map(WheelTarget::key_part).unwrap_or_default(),
+                requirements,
+            ),
+            dependencies: self.dependencies,
+            wheels,
             keep_releases: self.keep_releases.get(),
             shared_files: self.shared_files.clone(),
             shared_dirs: self.shared_dirs.clone(),
@@ -929,6 +1065,13 @@ impl Release {
         let mut body = serde_json::to_string_pretty(self).expect("a release serializes");
         body.push('\n');
         body
+    }
+
+    /// The venv key the shipped `requirements` give with this release's settings; the hook
+    /// checks it against [`Release::venv_key`].
+    pub fn expected_venv_key(&self, requirements: &[u8]) -> String {
+        let target = self.wheels.as_ref().map(WheelTarget::key_part).unwrap_or_default();
+        venv_key(self.python.as_str(), self.installer, &target, requirements)
     }
 
     /// `<app_root>/venvs/<venv_key>`, the venv every release with these dependencies uses.

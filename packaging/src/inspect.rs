@@ -1,5 +1,7 @@
 //! Checks of the files our bundles carry, read back from any revision: hypercorn.toml (known keys
-//! only), requirement lines (well formed, pinned) and the systemd unit (what the hook relies on).
+//! only), requirement lines (well formed, pinned), the systemd unit (what the hook relies on) and
+//! the vendored wheels (tags fit the bundle's arch and Python, every requirement has its wheel
+//! and hash, no wheel unlisted).
 
 use appspec::diag::{Finding, Severity};
 
@@ -281,6 +283,196 @@ pub fn requirements(file: &str, text: &str) -> Vec<Finding> {
                 format!("`{spec}` is not pinned to one version"),
                 &format!("pin it: {name}==VERSION"),
             ));
+        }
+    }
+    out
+}
+
+/// One requirement of a hash-pinned file: where it is, `name==version`, its hashes.
+struct Pinned {
+    line: usize,
+    name: String,
+    version: String,
+    hashes: Vec<String>,
+}
+
+fn pinned_lines(text: &str) -> Vec<Pinned> {
+    let mut out = Vec::new();
+    let mut logical = String::new();
+    let mut start = 0;
+    for (idx, raw) in text.lines().enumerate() {
+        if logical.is_empty() {
+            start = idx + 1;
+        }
+        if let Some(cont) = raw.strip_suffix('\\') {
+            logical.push_str(cont);
+            logical.push(' ');
+            continue;
+        }
+        logical.push_str(raw);
+        let line = std::mem::take(&mut logical);
+        let content = line.split(" #").next().unwrap_or("").trim();
+        if content.is_empty() || content.starts_with('#') || content.starts_with('-') {
+            continue;
+        }
+        let mut words = content.split_whitespace();
+        let spec = words.next().unwrap_or("");
+        let Some((name, version)) = spec.split_once("==") else { continue };
+        let hashes = words.filter_map(|w| w.strip_prefix("--hash=sha256:")).map(str::to_owned).collect();
+        out.push(Pinned {
+            line: start,
+            name: crate::wheel::normalize_name(name.split('[').next().unwrap_or(name)),
+            version: version.to_owned(),
+            hashes,
+        });
+    }
+    out
+}
+
+/// The vendored wheels of a revision against its release.yaml and requirements: each wheel's
+/// tags fit the bundle's arch and Python, every requirement has a wheel and a hash that
+/// matches it, and no wheel is unlisted. `wheels` are `(file name, sha256)`; `arch` is the
+/// instances' (release.yaml's unless told otherwise).
+pub fn wheels(
+    release: &Release,
+    arch: &str,
+    requirements: &str,
+    wheels: &[(String, String)],
+) -> Vec<Finding> {
+    use crate::{config::Dependencies, layout, wheel::WheelName};
+    let req_file = layout::REQUIREMENTS;
+    let mut out = Vec::new();
+    let Some(target) = (match release.dependencies {
+        Dependencies::Index => {
+            if !wheels.is_empty() {
+                out.push(Finding::file(
+                    layout::WHEELS,
+                    "wheels.unused",
+                    Severity::Warning,
+                    format!("{} wheels ship, but release.yaml says dependencies: index", wheels.len()),
+                    "remove them, or set dependencies: vendored and bundle again",
+                ));
+            }
+            return out;
+        }
+        Dependencies::Vendored => release.wheels.as_ref(),
+    }) else {
+        out.push(Finding::file(
+            crate::layout::RELEASE_YAML,
+            "wheels.target",
+            Severity::Error,
+            "dependencies: vendored, but release.yaml does not say what the wheels are for",
+            "bundle again with cargo xtask bundle",
+        ));
+        return out;
+    };
+    let Some(interp) =
+        crate::wheel::target_interpreter(target.python_version.as_str(), &target.abi, &target.platform)
+    else {
+        out.push(Finding::file(
+            crate::layout::RELEASE_YAML,
+            "wheels.target",
+            Severity::Error,
+            format!("the wheels' platform {:?} is not a manylinux or musllinux tag", target.platform),
+            "bundle again with cargo xtask bundle",
+        ));
+        return out;
+    };
+    if interp.arch != arch {
+        out.push(Finding::file(
+            layout::WHEELS,
+            "wheels.target",
+            Severity::Error,
+            format!(
+                "the wheels are for {}, but the instances are {arch}: pip and uv refuse them",
+                target.platform
+            ),
+            format!("bundle again: cargo xtask bundle --target {arch}"),
+        ));
+    }
+    let pins = pinned_lines(requirements);
+    let mut listed = std::collections::BTreeSet::new();
+    for (name, sha) in wheels {
+        let file = format!("{}/{name}", layout::WHEELS);
+        let wheel = match WheelName::parse(name) {
+            Ok(wheel) => wheel,
+            Err(why) => {
+                out.push(Finding::file(
+                    &file,
+                    "wheels.name",
+                    Severity::Error,
+                    why,
+                    "remove it; bundle again",
+                ));
+                continue;
+            }
+        };
+        if let Err(why) = wheel.fits(&interp) {
+            out.push(Finding::file(
+                &file,
+                "wheels.tags",
+                Severity::Error,
+                format!("does not install on the bundle's target, CPython {} ({}) {}: {why}", target.python_version, target.abi, target.platform),
+                "bundle again for the instances' arch (--target) and Python (deploy.yaml python_version, platform)",
+            ));
+        }
+        match pins.iter().find(|p| p.name == wheel.name && p.version == wheel.version) {
+            Some(pin) => {
+                listed.insert(pin.line);
+                if !pin.hashes.iter().any(|h| h == sha) {
+                    out.push(
+                        Finding::file(
+                            req_file,
+                            "wheels.hash",
+                            Severity::Error,
+                            format!("no --hash of {name} matches its sha256 {sha}: pip and uv refuse it"),
+                            "bundle again; never edit the wheels or the requirements by hand",
+                        )
+                        .at(pin.line, 1),
+                    );
+                }
+            }
+            None => out.push(Finding::file(
+                &file,
+                "wheels.unlisted",
+                Severity::Error,
+                format!("{}=={} is not in {req_file}", wheel.name, wheel.version),
+                "remove the wheel, or bundle again",
+            )),
+        }
+    }
+    for pin in &pins {
+        if pin.hashes.is_empty() {
+            out.push(
+                Finding::file(
+                    req_file,
+                    "wheels.unhashed",
+                    Severity::Error,
+                    format!(
+                        "{}=={} has no --hash: the hook installs with --require-hashes",
+                        pin.name, pin.version
+                    ),
+                    "bundle again with cargo xtask bundle",
+                )
+                .at(pin.line, 1),
+            );
+        }
+        if !listed.contains(&pin.line) {
+            out.push(
+                Finding::file(
+                    req_file,
+                    "wheels.missing",
+                    Severity::Error,
+                    format!(
+                        "{}=={} has no wheel in {}: the install without an index fails",
+                        pin.name,
+                        pin.version,
+                        layout::WHEELS
+                    ),
+                    "bundle again with cargo xtask bundle",
+                )
+                .at(pin.line, 1),
+            );
         }
     }
     out

@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: `deploy.yaml` (written by a team) and `deploy/release.yaml` (resolved from it).
 //! - [`manifest`]: `deploy/MANIFEST`, the sha256, mode and size of every file, and the revision id.
+//! - [`wheel`]: wheel names and tags, and whether a wheel fits an interpreter.
 //! - `render` (feature `build`): the systemd unit and hypercorn.toml.
 //! - `tarball`, `bundle` (feature `build`): the deterministic `.tgz` and its layout.
 //!
@@ -11,6 +12,7 @@
 
 pub mod config;
 pub mod manifest;
+pub mod wheel;
 
 #[cfg(feature = "build")]
 pub mod bundle;
@@ -44,6 +46,10 @@ pub mod layout {
     pub const SAMPLE_ENV: &str = "configs/sample.env";
     /// The pinned requirements.
     pub const REQUIREMENTS: &str = "dependencies/requirements.pip";
+    /// The vendored wheels, one per requirement (`dependencies: vendored`).
+    pub const WHEELS: &str = "dependencies/wheels";
+    /// The static uv for the instances' arch (`dependencies: vendored`).
+    pub const UV: &str = "bin/uv";
     /// The application source.
     pub const SRC: &str = "src";
     /// The directory of the rendered unit: `configs/<unit>`.

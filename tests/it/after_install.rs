@@ -181,7 +181,8 @@ fn first_deployment_with_uv_answers_http() {
 #[test]
 fn failures_leave_current_alone_and_nothing_half_built() {
     let port = free_port();
-    let (dir, app) = example_variant(port, &[]).unwrap();
+    // From the index: a vendored bundle with a missing package fails at bundle time instead.
+    let (dir, app) = example_variant(port, &[("dependencies: vendored", "dependencies: index")]).unwrap();
     let mut sandbox = Sandbox::new().unwrap();
     sandbox.provide_uv().unwrap();
     let good = build_bundle(&app, &dir.path().join("good"), &[]).unwrap();
@@ -405,7 +406,13 @@ fn two_hooks_at_once_are_serialized() {
 #[test]
 fn pruning_keeps_good_releases_by_journal_order_and_drops_unused_venvs() {
     let port = free_port();
-    let (dir, app) = example_variant(port, &[("keep_releases: 5", "keep_releases: 2")]).unwrap();
+    // From the index, where a comment in the requirements makes another venv (vendored, the
+    // shipped requirements are generated from the wheels).
+    let (dir, app) = example_variant(
+        port,
+        &[("keep_releases: 5", "keep_releases: 2"), ("dependencies: vendored", "dependencies: index")],
+    )
+    .unwrap();
     let mut sandbox = Sandbox::new().unwrap();
     sandbox.provide_uv().unwrap();
     let mut n = 0;

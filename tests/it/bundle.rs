@@ -199,11 +199,11 @@ fn bad_input_is_refused_with_the_file_and_the_rule() {
 
     let (_d, app) = app_copy();
     edit_file(&app, "deploy.yaml", "  workers: 1", "  wrkers: 1");
-    assert_refused(&app, &["deploy.yaml: hypercorn: unknown field `wrkers`", "line 21 column 3"]);
+    assert_refused(&app, &["deploy.yaml: hypercorn: unknown field `wrkers`", "line 24 column 3"]);
 
     let (_d, app) = app_copy();
     edit_file(&app, "deploy.yaml", "  after_install: 1200", "  after_install: 7200");
-    assert_refused(&app, &["timeouts.after_install: timeout 7200 is outside 1..=3600", "line 39 column 18"]);
+    assert_refused(&app, &["timeouts.after_install: timeout 7200 is outside 1..=3600", "line 42 column 18"]);
 
     let (_d, app) = app_copy();
     edit_file(&app, "deploy.yaml", "    APP_ENV: production", "    APP_ENV: \"prod\\nExecStartPre=/bin/sh\"");
@@ -211,7 +211,7 @@ fn bad_input_is_refused_with_the_file_and_the_rule() {
         &app,
         &[
             "service.environment.APP_ENV: \"prod\\nExecStartPre=/bin/sh\" contains the control character",
-            "line 17 column 14",
+            "line 20 column 14",
         ],
     );
 

@@ -10,4 +10,5 @@ mod rehearse;
 mod socket;
 mod systemd;
 mod tidy;
+mod vendored;
 mod verify;

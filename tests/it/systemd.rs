@@ -37,8 +37,8 @@ pub(crate) fn archive_of(deployment_id: &str) -> String {
     format!("/opt/codedeploy-agent/deployment-root/{GROUP_ID}/{deployment_id}/deployment-archive")
 }
 
-/// Runs one hook as the agent does; PIP_* point pip at the wheelhouse (the container has no
-/// network), as an operator would configure an offline index.
+/// Runs one hook as the agent does. The container has no network but `lo` and no wheelhouse:
+/// the revision's own wheels and uv are all there is.
 pub(crate) fn run_hook(ct: &Container, archive: &str, event: &str, deployment_id: &str) -> Result<Output> {
     let env = [
         ("LIFECYCLE_EVENT", event),
@@ -46,8 +46,6 @@ pub(crate) fn run_hook(ct: &Container, archive: &str, event: &str, deployment_id
         ("APPLICATION_NAME", "python-app"),
         ("DEPLOYMENT_GROUP_NAME", "fleet"),
         ("DEPLOYMENT_GROUP_ID", GROUP_ID),
-        ("PIP_NO_INDEX", "1"),
-        ("PIP_FIND_LINKS", WHEELHOUSE),
     ];
     let hook = format!("{archive}/bin/deploy-hook");
     ct.systemd_run(&env, &[&hook])
@@ -130,20 +128,30 @@ fn the_whole_lifecycle_under_real_systemd() -> Result<()> {
     }
     let (rev_a, rev_b, rev_c) = (revision_of(&bundle_a), revision_of(&bundle_b), revision_of(&bundle_c));
 
-    let Some(ct) = container::boot_or_skip("lifecycle", &[container::Bind::ro(host.path(), "/srv/deploy")])?
+    let Some(ct) =
+        container::boot_or_skip_offline("lifecycle", &[container::Bind::ro(host.path(), "/srv/deploy")])?
     else {
         return Ok(());
     };
     println!("container booted in {:.2?}", ct.boot_time());
+    // Offline: only the loopback link, no wheelhouse, no pip cache.
+    let links = ct.exec_ok(&["ip", "-o", "link", "show"])?;
+    ensure!(links.lines().all(|l| l.contains(": lo:")), "the container has a network: {links}");
+    ensure!(ct.exec(&["test", "-e", WHEELHOUSE])?.status.code() == Some(1), "the wheelhouse is mounted");
 
     // 1. A first deployment: no ApplicationStop (the agent skips it), the service is active and
     //    answers with revision A.
     let t = Instant::now();
-    assert_all_ok(&deploy(&ct, &names[0], "d-SYSD0000A", None)?);
+    let outs = deploy(&ct, &names[0], "d-SYSD0000A", None)?;
+    assert_all_ok(&outs);
+    ensure!(last_line(&outs[1].1).contains("venv built with uv"), "AfterInstall: {}", describe(&outs[1].1));
     println!("deployment A: {:.2?}", t.elapsed());
     ensure!(ct.exec_ok(&["systemctl", "is-active", "python-app.service"])?.trim() == "active");
     ensure!(ct.exec_ok(&["systemctl", "is-enabled", "python-app.service"])?.trim() == "enabled");
     serves(&ct, &rev_a)?;
+    // The compiled markupsafe wheel for this arch is what runs.
+    let (_, body) = ct.wait_http(8000, "/healthz", Duration::from_secs(20))?;
+    ensure!(body.contains("\"markupsafe\": \"compiled\""), "{body}");
 
     // 2. Revision B: answers B.
     let t = Instant::now();

@@ -60,6 +60,19 @@ pub fn tar_bytes(members: &[Member]) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
     for m in members {
         let mut header = tar::Header::new_gnu();
+        if m.path.len() >= 100 && m.link.is_none() {
+            // A long name (a vendored wheel's): the GNU long-name entry GNU tar writes, as our
+            // bundles carry it.
+            header.set_entry_type(m.kind);
+            header.set_mode(m.mode);
+            header.set_size(m.data.len() as u64);
+            header.set_uid(m.uid);
+            header.set_gid(0);
+            header.set_mtime(1);
+            let path = std::str::from_utf8(&m.path).expect("long test paths are UTF-8");
+            builder.append_data(&mut header, path, m.data.as_slice()).expect("appending to a Vec");
+            continue;
+        }
         {
             let old = header.as_old_mut();
             assert!(m.path.len() < old.name.len(), "test paths stay under 100 bytes");
@@ -156,7 +169,7 @@ fn the_bundle_from_xtask_bundle_verifies_clean() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 1, "only the summary line: {stdout}");
     assert!(
-        lines[0].ends_with(": ok: 0 errors, 0 warnings, 0 notes (10 files, ours, unit exposure 1.3)"),
+        lines[0].ends_with(": ok: 0 errors, 0 warnings, 0 notes (19 files, ours, unit exposure 1.3)"),
         "{stdout}"
     );
 

@@ -134,6 +134,15 @@ pub fn boot_or_skip(test: &str, binds: &[Bind]) -> Result<Option<Container>> {
     Container::boot_with(test, binds).map(Some)
 }
 
+/// [`boot_or_skip`] without the wheelhouse: nothing in the container can supply a Python
+/// package but what a deployment brings (and there is no network but `lo`).
+pub fn boot_or_skip_offline(test: &str, binds: &[Bind]) -> Result<Option<Container>> {
+    if skip_systemd(test) {
+        return Ok(None);
+    }
+    Container::boot_inner(test, binds, false).map(Some)
+}
+
 /// The environment the CodeDeploy agent gives a hook (CODEDEPLOY.md §2.4), with the group and
 /// application names codedeploy-local would use.
 pub fn agent_env<'a>(event: &'a str, deployment_id: &'a str) -> [(&'static str, &'a str); 5] {
@@ -170,6 +179,10 @@ impl Container {
     /// Boots a container with the wheelhouse at [`WHEELHOUSE`] and `binds`, and waits until
     /// `systemctl is-system-running` says `running` or `degraded`.
     pub fn boot_with(name: &str, binds: &[Bind]) -> Result<Container> {
+        Container::boot_inner(name, binds, true)
+    }
+
+    fn boot_inner(name: &str, binds: &[Bind], wheelhouse: bool) -> Result<Container> {
         let assets = assets()?;
         let start = Instant::now();
         let name = machine_name(name);
@@ -182,8 +195,10 @@ impl Container {
             .arg(&assets.rootfs)
             .args(["--boot", "--register=no", "--keep-unit", "--console=pipe", "--volatile=overlay"])
             .arg("--private-network")
-            .arg(format!("--machine={name}"))
-            .arg(Bind::ro(&assets.wheelhouse, WHEELHOUSE).nspawn_arg()?);
+            .arg(format!("--machine={name}"));
+        if wheelhouse {
+            cmd.arg(Bind::ro(&assets.wheelhouse, WHEELHOUSE).nspawn_arg()?);
+        }
         for bind in binds {
             cmd.arg(bind.nspawn_arg()?);
         }

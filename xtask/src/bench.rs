@@ -1,7 +1,10 @@
 //! `cargo xtask bench`: speed against baselines run side by side, printed as ratios. Never a
 //! pass/fail threshold: the numbers are for people to read.
 //!
-//! - bundle: `packaging` writing the revision, vs GNU `tar | gzip -6` of the same tree;
+//! - bundle: `packaging` writing the revision (wheels and uv included), vs GNU `tar -czf` and
+//!   `tar | pigz -6` of the same extracted tree, checking the bundle is byte-identical each run;
+//! - first deploy: deploy-hook AfterInstall on a fresh host with the bundled uv and wheels, vs
+//!   the seed's script pip-installing from the package index;
 //! - restarts: requests refused, reset or failed during N redeploys without and with socket
 //!   activation (`bench_socket.rs`);
 //! - redeploy: deploy-hook AfterInstall of a new revision (venv reused), staging by hard links
@@ -11,7 +14,7 @@
 //!   must stay linear in the entries).
 //!
 //! File creation costs depend on the filesystem: put `--dir` on the kind of disk the instances
-//! have (a journaled ext4 loop mount).
+//! have (a journaled ext4 loop mount; see README).
 
 use std::{
     fs,
@@ -86,9 +89,12 @@ impl flags::Bench {
             return Ok(());
         }
         if crate::rehearse::effective_ids()?.0 != 0 {
-            println!("redeploy: skipped (needs root: the hook and the seed chown to the app user)");
+            println!(
+                "first deploy, redeploy: skipped (needs root: the hook and the seed chown to the app user)"
+            );
             return Ok(());
         }
+        bench_first_deploy(&sh, &hook, work.path(), self.runs)?;
         bench_redeploy(&sh, &app, &hook, work.path(), self.runs)?;
         crate::bench_socket::bench(&sh, &hook, work.path(), self.redeploys)
     }
@@ -113,34 +119,142 @@ fn bench_bundle(sh: &Shell, app: &Path, hook: &Path, work: &Path, runs: usize) -
     let out = work.join("bundles");
     let tree = work.join("tree");
     let source = AppSource::load(app)?;
-    let bundle = Bundle::new(&source, hook, Arch::X86_64)?;
+    let vendored = crate::wheels::for_app(&source, app, Arch::X86_64)?;
+    let bundle = Bundle::new(&source, hook, Arch::X86_64, vendored.as_ref())?;
     let written = bundle.write(&out, 1)?;
     fs::create_dir_all(&tree)?;
     let path = &written.path;
     cmd!(sh, "tar -xzf {path} -C {tree}").quiet().run()?;
-    let (mut ours, mut gnu) = (Vec::new(), Vec::new());
+    let (mut ours, mut gzip, mut pigz) = (Vec::new(), Vec::new(), Vec::new());
+    let baseline = |script: &str, out: &Path| -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        let status = Command::new("bash").args(["-c", script, "bash"]).arg(&tree).arg(out).status()?;
+        ensure!(status.success(), "{script} failed");
+        Ok(t.elapsed())
+    };
+    const TAR: &str = "tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@1";
+    let gzip_script = format!("{TAR} -czf \"$2\" -C \"$1\" .");
+    let pigz_script = format!("{TAR} -cf - -C \"$1\" . | pigz -6 -n > \"$2\"");
+    let (gzip_out, pigz_out) = (work.join("gnu.tgz"), work.join("pigz.tgz"));
     for _ in 0..runs {
         let t = Instant::now();
         let source = AppSource::load(app)?;
-        Bundle::new(&source, hook, Arch::X86_64)?.write(&out, 1)?;
+        let vendored = crate::wheels::for_app(&source, app, Arch::X86_64)?;
+        let again = Bundle::new(&source, hook, Arch::X86_64, vendored.as_ref())?.write(&out, 1)?;
         ours.push(t.elapsed());
-        let t = Instant::now();
-        let gz = work.join("gnu.tgz");
-        let status = Command::new("bash")
-            .args(["-c", "tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@1 -cf - -C \"$1\" . | gzip -6 -n > \"$2\"", "bash"])
-            .arg(&tree)
-            .arg(&gz)
-            .status()?;
-        ensure!(status.success(), "tar | gzip failed");
-        gnu.push(t.elapsed());
+        ensure!(again.sha256 == written.sha256, "two bundles of the same inputs differ");
+        gzip.push(baseline(&gzip_script, &gzip_out)?);
+        pigz.push(baseline(&pigz_script, &pigz_out)?);
     }
-    let (ours, gnu) = (median(ours), median(gnu));
+    let (ours, gzip, pigz) = (median(ours), median(gzip), median(pigz));
+    let size = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     println!(
-        "bundle    ours {} | GNU tar | gzip -6 {} | ratio ours/baseline {:.2} ({} bytes)",
+        "bundle    ours {} ({} bytes, byte-identical every run) | tar -czf {} ({} bytes) | tar | pigz -6 {} ({} bytes)",
         secs(ours),
-        secs(gnu),
-        ours.as_secs_f64() / gnu.as_secs_f64(),
-        written.size
+        written.size,
+        secs(gzip),
+        size(&gzip_out),
+        secs(pigz),
+        size(&pigz_out)
+    );
+    println!(
+        "          ratios ours/tar -czf {:.2}, ours/pigz {:.2} ({} threads here, tree of {} bytes)",
+        ours.as_secs_f64() / gzip.as_secs_f64(),
+        ours.as_secs_f64() / pigz.as_secs_f64(),
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        dir_size(&tree)?
+    );
+    Ok(())
+}
+
+fn dir_size(dir: &Path) -> anyhow::Result<u64> {
+    let out = Command::new("du").args(["-sb"]).arg(dir).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace().next().and_then(|n| n.parse().ok()).context("du -sb")
+}
+
+/// A sandbox root with the app user and a unit directory.
+fn sandbox_root(root: &Path) -> anyhow::Result<()> {
+    fs::create_dir_all(root.join("etc/systemd/system"))?;
+    fs::set_permissions(root, fs::Permissions::from_mode(0o755))?;
+    fs::write(root.join("etc/passwd"), format!("snake:x:{APP_UID}:{APP_UID}::/home/snake:/bin/bash\n"))?;
+    fs::write(root.join("etc/group"), format!("snake:x:{APP_UID}:\n"))?;
+    Ok(())
+}
+
+/// Extracts `bundle` as the agent does for deployment `id` under `root`.
+fn extract(sh: &Shell, root: &Path, bundle: &Path, id: &str) -> anyhow::Result<PathBuf> {
+    let archive = root.join("opt/codedeploy-agent/deployment-root/bench").join(id).join("deployment-archive");
+    fs::create_dir_all(&archive)?;
+    cmd!(sh, "tar -zxpsf {bundle} -C {archive}").quiet().run()?;
+    Ok(archive)
+}
+
+/// Runs the hook's AfterInstall from `archive` under `root`; returns its wall time.
+fn after_install(root: &Path, archive: &Path, id: &str, stage: &str) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let out = Command::new(archive.join("bin/deploy-hook"))
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("LIFECYCLE_EVENT", "AfterInstall")
+        .env("DEPLOYMENT_ID", id)
+        .env("APPLICATION_NAME", "bench")
+        .env("DEPLOYMENT_GROUP_NAME", "bench")
+        .env("DEPLOYMENT_GROUP_ID", "bench")
+        .env("DEPLOY_HOOK_ROOT", root)
+        .env("DEPLOY_HOOK_SERVICE_MANAGER", "none")
+        .env("DEPLOY_HOOK_STAGE", stage)
+        .output()?;
+    let elapsed = t.elapsed();
+    if !out.status.success() {
+        bail!("deploy-hook failed:\n{}", String::from_utf8_lossy(&out.stdout));
+    }
+    Ok(elapsed)
+}
+
+/// A first deployment of the example app on a fresh host: the hook with the bundled uv and
+/// wheels (no index), vs the seed's script pip-installing from the package index into a fresh
+/// interpreter environment with no pip cache, as on a new instance. Creating that environment
+/// is not timed (the seed relies on the system Python), which favours the seed.
+fn bench_first_deploy(sh: &Shell, hook: &Path, work: &Path, runs: usize) -> anyhow::Result<()> {
+    let example = project_root().join("examples/python-app");
+    let source = AppSource::load(&example)?;
+    let vendored = crate::wheels::for_app(&source, &example, Arch::X86_64)?;
+    let bundle =
+        Bundle::new(&source, hook, Arch::X86_64, vendored.as_ref())?.write(&work.join("first"), 1)?;
+    let (mut ours, mut seed) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        let root = work.join(format!("first-ours-{i}"));
+        sandbox_root(&root)?;
+        let id = format!("d-FIRST{i:05}");
+        let archive = extract(sh, &root, &bundle.path, &id)?;
+        ours.push(after_install(&root, &archive, &id, "link").context("first deployment by the hook")?);
+
+        let root = work.join(format!("first-seed-{i}"));
+        sandbox_root(&root)?;
+        let archive = extract(sh, &root, &bundle.path, &id)?;
+        let python = work.join(format!("first-seed-python-{i}"));
+        cmd!(sh, "/usr/bin/python3 -m venv {python}").quiet().run()?;
+        let t = Instant::now();
+        let status = Command::new("bash")
+            .args(["-c", SEED, "seed"])
+            .arg(&root)
+            .arg(&archive)
+            .arg(&id)
+            .arg(&python)
+            .env("PIP_NO_CACHE_DIR", "1")
+            .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        ensure!(status.success(), "the seed script failed");
+        seed.push(t.elapsed());
+    }
+    let (ours, seed) = (median(ours), median(seed));
+    println!(
+        "first     hook (bundled uv + wheels, no index) {} | seed script (pip from the index) {} | ratio hook/seed {:.2}",
+        secs(ours),
+        secs(seed),
+        ours.as_secs_f64() / seed.as_secs_f64()
     );
     Ok(())
 }
@@ -293,10 +407,7 @@ fn bench_verify(work: &Path, files: usize, mib: usize, links: usize, runs: usize
 
 fn bench_redeploy(sh: &Shell, app: &Path, hook: &Path, work: &Path, runs: usize) -> anyhow::Result<()> {
     let root = work.join("root");
-    fs::create_dir_all(root.join("etc/systemd/system"))?;
-    fs::set_permissions(&root, fs::Permissions::from_mode(0o755))?;
-    fs::write(root.join("etc/passwd"), format!("snake:x:{APP_UID}:{APP_UID}::/home/snake:/bin/bash\n"))?;
-    fs::write(root.join("etc/group"), format!("snake:x:{APP_UID}:\n"))?;
+    sandbox_root(&root)?;
     let yaml = app.join("deploy.yaml");
     let text = fs::read_to_string(&yaml)?.replace("installer: auto", "installer: pip");
     fs::write(&yaml, text)?;
@@ -307,35 +418,14 @@ fn bench_redeploy(sh: &Shell, app: &Path, hook: &Path, work: &Path, runs: usize)
         n += 1;
         fs::write(app.join("src/BENCH_REVISION.txt"), format!("{n}\n"))?;
         let source = AppSource::load(app)?;
-        let written = Bundle::new(&source, hook, Arch::X86_64)?.write(&work.join("bundles"), 1)?;
+        let vendored = crate::wheels::for_app(&source, app, Arch::X86_64)?;
+        let written =
+            Bundle::new(&source, hook, Arch::X86_64, vendored.as_ref())?.write(&work.join("bundles"), 1)?;
         let id = format!("d-BENCH{n:05}");
-        let archive =
-            root.join("opt/codedeploy-agent/deployment-root/bench").join(&id).join("deployment-archive");
-        fs::create_dir_all(&archive)?;
-        let path = written.path;
-        cmd!(sh, "tar -zxpsf {path} -C {archive}").quiet().run()?;
+        let archive = extract(sh, &root, &written.path, &id)?;
         Ok((archive, id))
     };
-    let run_hook = |archive: &Path, id: &str, stage: &str| -> anyhow::Result<Duration> {
-        let t = Instant::now();
-        let out = Command::new(archive.join("bin/deploy-hook"))
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("LIFECYCLE_EVENT", "AfterInstall")
-            .env("DEPLOYMENT_ID", id)
-            .env("APPLICATION_NAME", "bench")
-            .env("DEPLOYMENT_GROUP_NAME", "bench")
-            .env("DEPLOYMENT_GROUP_ID", "bench")
-            .env("DEPLOY_HOOK_ROOT", &root)
-            .env("DEPLOY_HOOK_SERVICE_MANAGER", "none")
-            .env("DEPLOY_HOOK_STAGE", stage)
-            .output()?;
-        let elapsed = t.elapsed();
-        if !out.status.success() {
-            bail!("deploy-hook failed:\n{}", String::from_utf8_lossy(&out.stdout));
-        }
-        Ok(elapsed)
-    };
+    let run_hook = |archive: &Path, id: &str, stage: &str| after_install(&root, archive, id, stage);
     // The first deployment builds the venv from the index; it is not timed.
     let (archive, id) = next_archive(sh)?;
     run_hook(&archive, &id, "link").context("first deployment")?;

@@ -53,7 +53,9 @@ pub(crate) fn bench(sh: &Shell, hook: &Path, work: &Path, n: usize) -> anyhow::R
         fs::write(&yaml_path, text)?;
         fs::write(app.join("src/BENCH_REVISION.txt"), format!("{deployments}\n"))?;
         let source = AppSource::load(&app)?;
-        let written = Bundle::new(&source, hook, Arch::X86_64)?.write(&work.join("socket-bundles"), 1)?;
+        let vendored = crate::wheels::for_app(&source, &app, Arch::X86_64)?;
+        let written = Bundle::new(&source, hook, Arch::X86_64, vendored.as_ref())?
+            .write(&work.join("socket-bundles"), 1)?;
         let id = format!("d-SOCKB{deployments:05}");
         let archive =
             root.join("opt/codedeploy-agent/deployment-root/bench").join(&id).join("deployment-archive");

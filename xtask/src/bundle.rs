@@ -20,6 +20,10 @@ impl flags::Bundle {
         let out_dir = cwd.join(&self.out);
         // Check the app before the slow build, so bad input fails in milliseconds.
         let app = AppSource::load(&app_dir)?;
+        if app.config.dependencies == packaging::config::Dependencies::Vendored {
+            let requirements = app_dir.join(app.config.requirements.as_str());
+            crate::wheels::check_pins(&requirements, &String::from_utf8_lossy(&app.requirements))?;
+        }
         let (mtime, mtime_source) = source_date_epoch(&sh, &app_dir)?;
         let arches: &[Arch] = match self.target {
             flags::Target::X86_64 => &[Arch::X86_64],
@@ -29,7 +33,8 @@ impl flags::Bundle {
         let mut paths = Vec::new();
         for &arch in arches {
             let hook = build_hook(&sh, arch)?;
-            let bundle = Bundle::new(&app, &hook, arch)?;
+            let vendored = crate::wheels::for_app(&app, &app_dir, arch)?;
+            let bundle = Bundle::new(&app, &hook, arch, vendored.as_ref())?;
             let written = bundle.write(&out_dir, mtime)?;
             let hook_size = std::fs::metadata(&hook)?.len();
             let shown = written.path.strip_prefix(&cwd).unwrap_or(&written.path).display().to_string();
@@ -39,6 +44,17 @@ impl flags::Bundle {
             println!("  revision  {}", bundle.revision);
             println!("  files     {}", bundle.file_count());
             println!("  hook      {} bytes, static {} ELF", hook_size, arch.name());
+            match (&bundle.release.wheels, &vendored) {
+                (Some(target), Some(v)) => println!(
+                    "  wheels    {} for CPython {} ({}) {}; uv {}",
+                    v.wheels.len(),
+                    target.python_version,
+                    target.abi,
+                    target.platform,
+                    target.uv_version
+                ),
+                _ => println!("  wheels    none (dependencies: index: the instances download them)"),
+            }
             println!("  mtime     {mtime} ({mtime_source})");
             paths.push((shown, bundle));
         }

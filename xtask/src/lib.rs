@@ -11,6 +11,7 @@ pub mod load;
 pub mod publish;
 mod rehearse;
 pub mod verify;
+pub mod wheels;
 
 use std::{
     path::{Path, PathBuf},

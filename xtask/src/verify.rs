@@ -712,8 +712,58 @@ fn check_ours(
     }
     if let Some(text) = text_of(revision, layout::REQUIREMENTS, findings) {
         findings.extend(inspect::requirements(layout::REQUIREMENTS, text));
+        check_vendored(revision, release, text, options, findings);
     }
     exposure
+}
+
+/// The vendored wheels (tags, hashes, listing) and `bin/uv` (a static ELF of the bundle's arch).
+fn check_vendored(
+    revision: &Revision,
+    release: &Release,
+    requirements: &str,
+    options: &Options,
+    findings: &mut Vec<Finding>,
+) {
+    let prefix = format!("{}/", layout::WHEELS);
+    let wheels: Vec<(String, String)> = revision
+        .items
+        .keys()
+        .filter_map(|path| path.strip_prefix(&prefix).map(|name| (path, name)))
+        .filter_map(|(path, name)| {
+            revision.data(path).map(|data| (name.to_owned(), packaging::manifest::sha256_hex(data)))
+        })
+        .collect();
+    let arch = options.arch.or_else(|| Arch::from_name(&release.arch));
+    let arch_name = arch.map_or_else(|| release.arch.clone(), |a| a.name().to_owned());
+    findings.extend(inspect::wheels(release, &arch_name, requirements, &wheels));
+    if release.wheels.is_none() {
+        return;
+    }
+    let Some(data) = revision.data(layout::UV) else {
+        findings.push(Finding::file(
+            layout::UV,
+            "uv.missing",
+            Severity::Error,
+            "dependencies: vendored, but the revision has no bin/uv",
+            "bundle again with cargo xtask bundle",
+        ));
+        return;
+    };
+    let mut found = Vec::new();
+    check_elf(layout::UV, data, arch, &mut found);
+    for mut finding in found {
+        finding.rule = match finding.rule {
+            "hook.elf" => "uv.elf",
+            "hook.elf-dynamic" => "uv.elf-dynamic",
+            "hook.elf-arch" => "uv.elf-arch",
+            other => other,
+        };
+        finding.fix =
+            "bundle again: cargo xtask bundle takes the static uv from uv's musllinux wheel for --target"
+                .into();
+        findings.push(finding);
+    }
 }
 
 /// `systemd-analyze verify` on a copy of the unit, when the tool exists. Every line it prints is

@@ -1,7 +1,10 @@
 """A small ASGI application: no framework, just the protocol.
 
 GET /        -> a greeting (from the GREETING variable of .env)
-GET /healthz -> {"status": "ok", "revision": "<revision id>"}
+GET /healthz -> {"status": "ok", "revision": "<revision id>", "markupsafe": "compiled"}
+
+markupsafe is the one dependency with compiled, platform-specific wheels: /healthz says whether its
+C speedups loaded, which proves the wheel built for the instance's arch was installed.
 
 The revision id is read once, at import, from the REVISION file deploy-hook writes at the release
 root. The process's working directory is the physical release directory, so this never follows
@@ -11,6 +14,15 @@ root. The process's working directory is the physical release directory, so this
 import json
 import os
 from pathlib import Path
+
+from markupsafe import escape
+
+try:
+    from markupsafe import _speedups  # noqa: F401  (the compiled part of the wheel)
+
+    MARKUPSAFE = "compiled"
+except ImportError:
+    MARKUPSAFE = "pure-python"
 
 _HERE = Path(__file__).resolve().parent
 try:
@@ -49,9 +61,9 @@ async def app(scope, receive, send):
     if scope["method"] not in ("GET", "HEAD"):
         await _send(send, 405, b"method not allowed\n", b"text/plain")
     elif path == "/healthz":
-        body = json.dumps({"status": "ok", "revision": REVISION}).encode()
+        body = json.dumps({"status": "ok", "revision": REVISION, "markupsafe": MARKUPSAFE}).encode()
         await _send(send, 200, body, b"application/json")
     elif path == "/":
-        await _send(send, 200, f"{GREETING} ({REVISION})\n".encode(), b"text/plain")
+        await _send(send, 200, f"{escape(GREETING)} ({REVISION})\n".encode(), b"text/plain")
     else:
         await _send(send, 404, b"not found\n", b"text/plain")

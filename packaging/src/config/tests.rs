@@ -14,7 +14,7 @@ fn check_err(text: &str, want: Expect) {
 #[test]
 fn minimal_config_gets_defaults() {
     let config = DeployConfig::parse(Path::new("deploy.yaml"), "app: api\n").unwrap();
-    let release = config.resolve(b"", "aarch64");
+    let release = config.resolve(b"", "aarch64", None);
     assert_eq!(release.user.as_str(), "snake");
     assert_eq!(release.app_root.as_str(), "/home/snake/app");
     assert_eq!(release.unit.as_str(), "api.service");
@@ -57,7 +57,7 @@ fn errors_name_file_key_line_and_column() {
     check_err(
         "app: api\nextra: 1\n",
         expect![
-            "app/deploy.yaml: unknown field `extra`, expected one of `app`, `user`, `group`, `app_root`, `source_dir`, `requirements`, `env_sample`, `shared_files`, `shared_dirs`, `keep_releases`, `python`, `installer`, `service`, `hypercorn`, `health`, `post_install`, `timeouts` at line 2 column 1"
+            "app/deploy.yaml: unknown field `extra`, expected one of `app`, `user`, `group`, `app_root`, `source_dir`, `requirements`, `env_sample`, `shared_files`, `shared_dirs`, `keep_releases`, `python`, `installer`, `dependencies`, `python_version`, `platform`, `build_sdists`, `service`, `hypercorn`, `health`, `post_install`, `timeouts` at line 2 column 1"
         ],
     );
     check_err(
@@ -141,6 +141,31 @@ fn errors_name_file_key_line_and_column() {
         "app: api\nservice:\n  hardening:\n    MemoryDenyWriteExecute: perhaps\n",
         expect![[
             r#"app/deploy.yaml: service.hardening: MemoryDenyWriteExecute: "perhaps" is not a valid value: expected yes or no at line 4 column 5"#
+        ]],
+    );
+}
+
+#[test]
+fn python_version_and_platform_are_checked_while_parsing() {
+    // Unquoted, 3.10 stays "3.10" (the scalar's text), never the float 3.1.
+    let config = DeployConfig::parse(Path::new("deploy.yaml"), "app: api\npython_version: 3.10\n").unwrap();
+    assert_eq!(config.python_version.abi(), "cp310");
+    check_err(
+        "app: api\npython_version: \"2.7\"\n",
+        expect![[
+            r#"app/deploy.yaml: python_version: "2.7" is not a CPython version like "3.11" at line 2 column 17"#
+        ]],
+    );
+    check_err(
+        "app: api\nplatform: manylinux_2_17_x86_64\n",
+        expect![[
+            r#"app/deploy.yaml: platform: "manylinux_2_17_x86_64" is not a platform tag family like manylinux_2_17 or musllinux_1_2 (the arch comes from --target) at line 2 column 11"#
+        ]],
+    );
+    check_err(
+        "app: api\ndependencies: wheels\n",
+        expect![[
+            r#"app/deploy.yaml: dependencies: unknown variant `wheels`, expected `vendored` or `index` at line 2 column 15"#
         ]],
     );
 }

@@ -22,7 +22,7 @@ hypercorn:
 
 fn example() -> (DeployConfig, Release) {
     let config = DeployConfig::parse(Path::new("deploy.yaml"), DEPLOY_YAML).unwrap();
-    let release = config.resolve(b"hypercorn==0.18.0\n", "x86_64");
+    let release = config.resolve(b"hypercorn==0.18.0\n", "x86_64", Some("0.13.9"));
     (config, release)
 }
 
@@ -49,7 +49,7 @@ fn unit_file() {
         Environment="PYTHONUNBUFFERED=1"
         Environment="PYTHONDONTWRITEBYTECODE=1"
         Environment="PRICE_FMT=100%% $total"
-        ExecStart="/home/shop/app/venvs/v-466e7bc1f6d9b2d9/bin/python" "-m" "hypercorn" "--config" "configs/hypercorn.toml" "shop.web:app"
+        ExecStart="/home/shop/app/venvs/v-830ab5f0e560ae6a/bin/python" "-m" "hypercorn" "--config" "configs/hypercorn.toml" "shop.web:app"
         Restart=on-failure
         RestartSec=2
         TimeoutStopSec=15
@@ -135,7 +135,7 @@ fn socket_file() {
 fn hardening_overrides_replace_add_and_reach_the_socket() {
     let text = "app: api\nservice:\n  hardening:\n    MemoryDenyWriteExecute: true\n    SystemCallFilter: [\"@system-service\", \"@resources\"]\n    ReadWritePaths: /var/lib/api\n    PrivateDevices: no\n    IPAddressDeny: any\n    IPAddressAllow: localhost\nhypercorn:\n  bind: [\"[::1]:8080\"]\n";
     let config = DeployConfig::parse(Path::new("deploy.yaml"), text).unwrap();
-    let release = config.resolve(b"", "x86_64");
+    let release = config.resolve(b"", "x86_64", None);
     let lines: Vec<String> =
         sandbox(&config, &release).into_iter().map(|(k, v)| format!("{k}={v}")).collect();
     expect![[r#"
@@ -177,7 +177,7 @@ fn hardening_overrides_replace_add_and_reach_the_socket() {
 fn without_socket_activation_hypercorn_binds_itself() {
     let text = "app: api\nservice:\n  socket_activation: false\nhypercorn:\n  bind: [\"0.0.0.0:80\", \"unix:/run/api/api.sock\"]\n";
     let config = DeployConfig::parse(Path::new("deploy.yaml"), text).unwrap();
-    let release = config.resolve(b"", "x86_64");
+    let release = config.resolve(b"", "x86_64", None);
     assert_eq!(socket_unit(&config, &release), None);
     let unit = unit(&config, &release);
     assert!(!unit.contains(".socket"), "{unit}");
@@ -219,7 +219,14 @@ fn release_file_round_trips() {
           "python": "/usr/bin/python3",
           "installer": "auto",
           "arch": "x86_64",
-          "venv_key": "v-466e7bc1f6d9b2d9",
+          "venv_key": "v-830ab5f0e560ae6a",
+          "dependencies": "vendored",
+          "wheels": {
+            "python_version": "3.11",
+            "abi": "cp311",
+            "platform": "manylinux_2_17_x86_64",
+            "uv_version": "0.13.9"
+          },
           "keep_releases": 5,
           "shared_files": [],
           "shared_dirs": [],
