@@ -325,12 +325,10 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
         if !release_dir.join(".venv/bin/python").exists() {
             // Its venv was removed by hand: build that again, keep the release as it is.
             log.step("python environment", |log| {
-                let python = PathBuf::from(release.python.as_str());
                 let requirements = fsx::read_trusted(&release_dir.join(layout::REQUIREMENTS), READ_CAP)?;
                 venv::ensure(
                     &store,
                     release,
-                    &python,
                     &requirements,
                     &requirements_shown(rev),
                     &revision.dir,
@@ -361,12 +359,10 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
                 Ok(())
             })?;
             let outcome = log.step("python environment", |log| {
-                let python = PathBuf::from(release.python.as_str());
                 let requirements = fsx::read_trusted(&staging.join(layout::REQUIREMENTS), READ_CAP)?;
                 venv::ensure(
                     &store,
                     release,
-                    &python,
                     &requirements,
                     &requirements_shown(&staging_name),
                     &revision.dir,

@@ -80,20 +80,20 @@ pub fn child_env(store: &Store, extra_path: Option<&Path>) -> Vec<(OsString, OsS
     env
 }
 
-/// Makes `venvs/<key>` exist and be complete. `python` is the interpreter's host path,
-/// `archive` the extracted revision (where a vendored `bin/uv` is). A complete venv is reused
+/// Makes `venvs/<key>` exist and be complete with release.yaml's interpreter; `archive` is the
+/// extracted revision (where a vendored `bin/uv` is). A complete venv is reused
 /// only when the interpreter is the one that built it (its real version, ABI, arch and libc, as
 /// recorded in the marker); otherwise it is built again, saying why.
 pub fn ensure(
     store: &Store,
     release: &Release,
-    python: &Path,
     req_bytes: &[u8],
     requirements: &Path,
     archive: &Path,
     log_file: &Path,
     log: &Log,
 ) -> anyhow::Result<Outcome> {
+    let python = Path::new(release.python.as_str());
     let key = release.expected_venv_key(req_bytes);
     if key != release.venv_key {
         bail!(
