@@ -1,4 +1,4 @@
-//! Assembling a revision from an app directory: the layout of DESIGN.md, every rendered file,
+//! Assembling a revision from an app directory: the layout of ARCHITECTURE.md, every rendered file,
 //! the manifest and the revision id, then writing the `.tgz` atomically.
 
 use std::{

@@ -3,7 +3,7 @@
 //! The unit names no path that the running service would resolve lazily through `current`:
 //! ExecStart runs the content-addressed venv's interpreter by its real path, and the working
 //! directory is entered through `current` once, at start, where `getcwd()` becomes the physical
-//! release path (ANCHORS.md §7.2, §7.3).
+//! release path, so a running service never sees a half-switched release.
 
 use std::fmt::Write;
 

@@ -26,7 +26,7 @@ fn app_copy() -> (tempfile::TempDir, PathBuf) {
 
 fn extract(bundle: &Path) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    // The agent's own command (CODEDEPLOY.md §3.2), run in the destination directory.
+    // The agent's own command (docs/codedeploy-agent.md, "Unpacking"), run in the destination directory.
     run_ok(Command::new("/bin/tar").arg("-zxpsf").arg(bundle).current_dir(dir.path())).unwrap();
     dir
 }

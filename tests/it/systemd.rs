@@ -61,7 +61,7 @@ pub(crate) fn deploy(
 ) -> Result<Vec<(String, Output)>> {
     let archive = archive_of(deployment_id);
     ct.exec_ok(&["mkdir", "-p", &archive])?;
-    // The agent's own command, run in the destination (CODEDEPLOY.md §3.2).
+    // The agent's own command, run in the destination (docs/codedeploy-agent.md, "Unpacking").
     ct.exec_ok(&[
         "sh",
         "-c",

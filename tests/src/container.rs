@@ -143,7 +143,7 @@ pub fn boot_or_skip_offline(test: &str, binds: &[Bind]) -> Result<Option<Contain
     Container::boot_inner(test, binds, false).map(Some)
 }
 
-/// The environment the CodeDeploy agent gives a hook (CODEDEPLOY.md §2.4), with the group and
+/// The environment the CodeDeploy agent gives a hook (docs/codedeploy-agent.md, "The hook's environment"), with the group and
 /// application names codedeploy-local would use.
 pub fn agent_env<'a>(event: &'a str, deployment_id: &'a str) -> [(&'static str, &'a str); 5] {
     [
