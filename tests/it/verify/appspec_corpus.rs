@@ -202,6 +202,11 @@ fn cases() -> Vec<(String, String, Vec<&'static str>)> {
             ["E:appspec.timeout"]
         ),
         case!(
+            "timeout sexagesimal past any integer type",
+            "hooks:\n  AfterInstall:\n  - location: bin/h\n    timeout: 99999999999999999999999999999999999999999:00\n",
+            ["E:appspec.timeout"]
+        ),
+        case!(
             "timeout yes",
             "hooks:\n  AfterInstall:\n  - location: bin/h\n    timeout: yes\n",
             ["E:appspec.timeout", "W:yaml.bool"]
