@@ -80,10 +80,10 @@ impl flags::Bench {
 }
 
 /// The example app plus `files` source files of `mib` MiB in all, with deterministic content.
-fn make_app(sh: &Shell, app: &Path, files: usize, mib: usize) -> anyhow::Result<()> {
+fn make_app(sh: &Shell, app: &Path, files: u64, mib: u64) -> anyhow::Result<()> {
     let example = project_root().join("examples/python-app");
     cmd!(sh, "cp -r {example} {app}").quiet().run()?;
-    let per_file = (mib << 20) / files.max(1);
+    let per_file = ((mib << 20) / files.max(1)) as usize;
     for i in 0..files {
         let dir = app.join(format!("src/pkg/sub{:02}", i % 50));
         fs::create_dir_all(&dir)?;
@@ -94,7 +94,7 @@ fn make_app(sh: &Shell, app: &Path, files: usize, mib: usize) -> anyhow::Result<
     Ok(())
 }
 
-fn bench_bundle(sh: &Shell, app: &Path, hook: &Path, work: &Path, runs: usize) -> anyhow::Result<()> {
+fn bench_bundle(sh: &Shell, app: &Path, hook: &Path, work: &Path, runs: u64) -> anyhow::Result<()> {
     let out = work.join("bundles");
     let tree = work.join("tree");
     let source = AppSource::load(app)?;
@@ -130,7 +130,7 @@ fn bench_bundle(sh: &Shell, app: &Path, hook: &Path, work: &Path, runs: usize) -
     Ok(())
 }
 
-fn bench_redeploy(sh: &Shell, app: &Path, hook: &Path, work: &Path, runs: usize) -> anyhow::Result<()> {
+fn bench_redeploy(sh: &Shell, app: &Path, hook: &Path, work: &Path, runs: u64) -> anyhow::Result<()> {
     let root = work.join("root");
     fs::create_dir_all(root.join("etc/systemd/system"))?;
     fs::set_permissions(&root, fs::Permissions::from_mode(0o755))?;
