@@ -20,7 +20,7 @@ use packaging::{
 };
 
 use crate::{
-    child::{self, Spawn},
+    child::{Budget, Spawn},
     context::{Ctx, Revision},
     journal::{Journal, Record, State, states},
     prune,
@@ -310,6 +310,11 @@ pub fn install_unit(store: &Store, service: &Service, release_dir: &Path, log: &
     Ok(true)
 }
 
+/// What is left of AfterInstall's timeout for the next child.
+fn budget(release: &Release, log: &Log) -> Budget {
+    Budget::new("AfterInstall", release.timeouts.after_install.secs(), log.elapsed())
+}
+
 /// Runs AfterInstall for `revision` with the deployment id `deployment_id`; returns the verdict.
 pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -> anyhow::Result<String> {
     let release = &revision.release;
@@ -380,7 +385,7 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
                 let python = PathBuf::from(release.python.as_str());
                 venv::ensure(&store, release, &python, &staging.join(layout::REQUIREMENTS), &logs_file, log)
             })?;
-            log.step("import check", |_| {
+            log.step("import check", |log| {
                 let module = release_module(&staging)?;
                 let mut cmd = release_command(&store, release, &staging, "python");
                 cmd.args([
@@ -388,7 +393,7 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
                     "import importlib, sys; import hypercorn; importlib.import_module(sys.argv[1])",
                     &module,
                 ]);
-                child::run(
+                budget(release, log).run(
                     cmd,
                     Spawn {
                         what: "the import check",
@@ -399,19 +404,19 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
                 )
             })?;
             for post in &release.post_install {
-                log.step(&format!("post-install {}", post.name), |_| {
-                    let mut cmd = release_command(&store, release, &staging, post.run[0].as_str());
-                    cmd.args(post.run[1..].iter().map(|a| a.as_str()))
+                log.step(&format!("post-install {}", post.name), |log| {
+                    let mut cmd = release_command(&store, release, &staging, post.run.program().as_str());
+                    cmd.args(post.run.args().iter().map(|a| a.as_str()))
                         .env("DEPLOY_REVISION", rev)
                         .env("DEPLOYMENT_ID", deployment_id);
                     let what = format!("post-install command {:?}", post.name.as_str());
                     let spawn = Spawn {
                         what: &what,
                         ids: store.owner,
-                        timeout: Duration::from_secs(post.timeout.into()),
+                        timeout: Duration::from_secs(post.timeout.secs().into()),
                         log: &logs_file,
                     };
-                    child::run(cmd, spawn)
+                    budget(release, log).run(cmd, spawn)
                 })?;
             }
             log.step("mark ready", |_| {

@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use packaging::config::{Installer, Release, venv_key};
 
 use crate::{
-    child::{self, Spawn},
+    child::{Budget, Spawn},
     store::{Store, VENV_COMPLETE, write_atomic},
     util::Log,
 };
@@ -119,38 +119,38 @@ pub fn ensure(
         store.mkdir(&store.cache().join(sub), 0o750)?;
     }
     let env = child_env(store, None);
-    let run = |what: &str, mut cmd: Command, timeout: u64| {
+    // pip and uv get whatever AfterInstall has left; the quick steps a fixed cap within that.
+    let budget = Budget::new("AfterInstall", release.timeouts.after_install.secs(), log.elapsed());
+    let run = |what: &str, mut cmd: Command, timeout: Option<u64>| {
         cmd.env_clear().envs(env.iter().map(|(k, v)| (k, v))).current_dir(&store.app_root);
-        child::run(
-            cmd,
-            Spawn { what, ids: store.owner, timeout: Duration::from_secs(timeout), log: log_file },
-        )
+        let timeout = timeout.map_or(Duration::MAX, Duration::from_secs);
+        budget.run(cmd, Spawn { what, ids: store.owner, timeout, log: log_file })
     };
     let used = if let Some(uv) = &uv {
         log.info(format!("building {key} with {}", uv.display()));
         let mut cmd = Command::new(uv);
         cmd.args(["venv", "--quiet", "--no-config", "--allow-existing", "--python"]).arg(python).arg(&dir);
-        run("uv venv", cmd, 300)?;
+        run("uv venv", cmd, Some(300))?;
         let mut cmd = Command::new(uv);
         cmd.args(["pip", "install", "--no-config", "--python"])
             .arg(dir.join("bin/python"))
             .arg("-r")
             .arg(requirements);
-        run("uv pip install", cmd, 1800)?;
+        run("uv pip install", cmd, None)?;
         "uv"
     } else {
         log.info(format!("building {key} with {} -m venv and pip", python.display()));
         let mut cmd = Command::new(python);
         cmd.args(["-m", "venv"]).arg(&dir);
-        run("python -m venv", cmd, 300)?;
+        run("python -m venv", cmd, Some(300))?;
         let mut cmd = Command::new(dir.join("bin/python"));
         cmd.args(["-m", "pip", "install", "--no-input", "-r"]).arg(requirements);
-        run("pip install", cmd, 1800)?;
+        run("pip install", cmd, None)?;
         "pip"
     };
     let mut cmd = Command::new(dir.join("bin/python"));
     cmd.args(["-c", "import hypercorn"]);
-    run("the venv's import of hypercorn", cmd, 120)?;
+    run("the venv's import of hypercorn", cmd, Some(120))?;
     let marker = dir.join(VENV_COMPLETE);
     write_atomic(&marker, format!("installer={used}\nkey={key}\n").as_bytes(), 0o644)?;
     store.own(&marker)?;
