@@ -310,6 +310,18 @@ pub fn install_unit(store: &Store, service: &Service, release_dir: &Path, log: &
     Ok(true)
 }
 
+/// Compacts the journal when it grew past its limit; a failure is a warning (the deploy stands
+/// and the file stays as it was). Call with the lock held.
+pub fn compact_journal(journal: &Journal, log: &Log) {
+    match journal.compact_if_large() {
+        Ok(Some((before, after))) => {
+            log.info(format!("compacted {} from {before} to {after} bytes", journal.path().display()))
+        }
+        Ok(None) => {}
+        Err(err) => log.info(format!("warning: compacting the journal failed, it stays as it was: {err:#}")),
+    }
+}
+
 /// What is left of AfterInstall's timeout for the next child.
 fn budget(release: &Release, log: &Log) -> Budget {
     Budget::new("AfterInstall", release.timeouts.after_install.secs(), log.elapsed())
@@ -464,6 +476,7 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
     if let Err(err) = log.step("prune", |log| prune::prune(&store, &journal, release.keep_releases, log)) {
         log.info(format!("warning: pruning failed, the deploy stands: {err:#}"));
     }
+    compact_journal(&journal, log);
     let secs = log.elapsed().as_secs_f64();
     Ok(if !switched && same_deployment && known {
         format!(

@@ -8,7 +8,7 @@ mod child;
 mod cli;
 mod context;
 mod health;
-mod journal;
+pub mod journal;
 mod lifecycle;
 mod process;
 mod prune;

@@ -281,7 +281,9 @@ pub fn prune_cmd(ctx: &Ctx, revision: &Revision, keep: Option<u32>, log: &mut Lo
     let holder = format!("pid {} (prune, since {})", std::process::id(), now());
     let _lock = Lock::acquire(&store.app_root.join(".lock"), &holder, lock_wait(), &|m| log.info(m))?;
     let keep = keep.unwrap_or(revision.release.keep_releases).max(1);
-    let removed = prune::prune(&store, &Journal::new(&store.app_root), keep, log)?;
+    let journal = Journal::new(&store.app_root);
+    let removed = prune::prune(&store, &journal, keep, log)?;
+    crate::after_install::compact_journal(&journal, log);
     Ok(format!(
         "prune ok: {} releases removed, keeping {keep} good ones plus the current and previous",
         removed.len()
@@ -312,13 +314,19 @@ struct Status {
     service: String,
     releases: Vec<ReleaseStatus>,
     journal: Vec<Record>,
+    /// Lines of journal.jsonl that are not records (skipped).
+    journal_skipped: usize,
 }
 
 /// `deploy-hook status [--json]`.
 pub fn status(ctx: &Ctx, revision: &Revision, json: bool) -> anyhow::Result<String> {
     let release = &revision.release;
     let store = read_store(ctx, release);
-    let records = Journal::new(&store.app_root).read()?;
+    let journal = Journal::new(&store.app_root);
+    let parsed = journal.load()?;
+    let skipped_warning = parsed.warning(journal.path());
+    let journal_skipped = parsed.skipped.len();
+    let records = parsed.records;
     let current = store.current_revision();
     let previous =
         live_history(&records).into_iter().find(|r| Some(*r) != current.as_deref()).map(str::to_owned);
@@ -358,6 +366,7 @@ pub fn status(ctx: &Ctx, revision: &Revision, json: bool) -> anyhow::Result<Stri
         service: service.state(),
         releases,
         journal: records,
+        journal_skipped,
     };
     if json {
         return Ok(serde_json::to_string_pretty(&status)?);
@@ -384,6 +393,9 @@ pub fn status(ctx: &Ctx, revision: &Revision, json: bool) -> anyhow::Result<Stri
             r.deployment_ids.join(","),
             r.last_message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default()
         ));
+    }
+    if let Some(warning) = skipped_warning {
+        out.push_str(&format!("warning: {warning}\n"));
     }
     Ok(out.trim_end().to_owned())
 }
