@@ -6,6 +6,7 @@ use std::{
     fs,
     io::{self, BufRead, BufReader, Write},
     path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
 };
 
 use anyhow::Context;
@@ -296,10 +297,13 @@ impl Journal {
     }
 
     /// Every record, oldest first. Lines that are not records are skipped with one warning on
-    /// stderr (stdout may be `status --json`).
+    /// stderr (stdout may be `status --json`), once per run however often the journal is read.
     pub fn read(&self) -> anyhow::Result<Vec<Record>> {
+        static WARNED: AtomicBool = AtomicBool::new(false);
         let parsed = self.load()?;
-        if let Some(warning) = parsed.warning(&self.path) {
+        if let Some(warning) = parsed.warning(&self.path)
+            && !WARNED.swap(true, Ordering::Relaxed)
+        {
             eprintln!("deploy-hook: warning: {warning}");
         }
         Ok(parsed.records)
