@@ -958,6 +958,79 @@ impl DeployConfig {
     }
 }
 
+/// The key path (`health.deadline`, `post_install[0].run`) of the value serde_json stopped at,
+/// `line` and `column` as it reports them (1-based; column 0 before the line's first byte), so
+/// release.yaml errors name the key as deploy.yaml's do. A scan of the JSON structure up to that
+/// point; a closing bracket there is the end of the value that failed, so it is included.
+fn json_key_path(text: &str, line: usize, column: usize) -> String {
+    enum Frame {
+        Object { key: Option<String>, expect_key: bool },
+        Array { index: usize },
+    }
+    if line == 0 {
+        return String::new();
+    }
+    let line_start: usize = text.split_inclusive('\n').take(line - 1).map(str::len).sum();
+    let bytes = text.as_bytes();
+    let mut end = (line_start + column).min(bytes.len());
+    if end > 0 && matches!(bytes[end - 1], b']' | b'}') {
+        // serde_json's column is the last byte read: the bracket closing the failed value.
+    } else {
+        end = end.saturating_sub(1);
+    }
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut i = 0;
+    while i < end {
+        match bytes[i] {
+            b'{' => stack.push(Frame::Object { key: None, expect_key: true }),
+            b'[' => stack.push(Frame::Array { index: 0 }),
+            b'}' | b']' => {
+                stack.pop();
+            }
+            b',' => match stack.last_mut() {
+                Some(Frame::Array { index }) => *index += 1,
+                Some(Frame::Object { key, expect_key }) => {
+                    *key = None;
+                    *expect_key = true;
+                }
+                None => {}
+            },
+            b':' => {
+                if let Some(Frame::Object { expect_key, .. }) = stack.last_mut() {
+                    *expect_key = false;
+                }
+            }
+            b'"' => {
+                let start = i + 1;
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                if let Some(Frame::Object { key, expect_key: true }) = stack.last_mut() {
+                    // Keys of release.yaml are plain field names: no escapes to decode.
+                    *key = std::str::from_utf8(&bytes[start..i.min(bytes.len())]).ok().map(str::to_owned);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    let mut path = String::new();
+    for frame in &stack {
+        match frame {
+            Frame::Object { key: Some(key), .. } => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+            }
+            Frame::Object { key: None, .. } => {}
+            Frame::Array { index } => path.push_str(&format!("[{index}]")),
+        }
+    }
+    path
+}
+
 impl Release {
     /// Parses release.yaml, naming `path` in errors, with the rules deploy.yaml's values were
     /// held to: a release.yaml edited after bundling gets no further than a bad deploy.yaml.
@@ -965,14 +1038,12 @@ impl Release {
         // serde_json knows line and column; the key path comes from serde_path_to_error, as
         // serde_yaml gives it for deploy.yaml.
         let invalid = |message: String| ConfigError::Invalid { path: path.display().to_string(), message };
-        let mut de = serde_json::Deserializer::from_str(text);
-        let release: Release = serde_path_to_error::deserialize(&mut de).map_err(|err| {
-            invalid(match err.path().to_string().as_str() {
-                "." => err.inner().to_string(),
-                key => format!("{key}: {}", err.inner()),
+        let release: Release = serde_json::from_str(text).map_err(|err| {
+            invalid(match json_key_path(text, err.line(), err.column()) {
+                key if key.is_empty() => err.to_string(),
+                key => format!("{key}: {err}"),
             })
         })?;
-        de.end().map_err(|err| invalid(err.to_string()))?;
         if release.schema != RELEASE_SCHEMA {
             return Err(invalid(format!(
                 "schema {} is not {RELEASE_SCHEMA}: bundle and hook versions differ",

@@ -218,3 +218,22 @@ fn release_yaml_gets_the_same_validation() {
     expect![[r#"deploy/release.yaml: venv_key: "../../etc/v-caa56ed8bffb5479" is not a venv key (v- and 16 lowercase hex digits) at line 11 column 44"#]].assert_eq(&tampered(r#""venv_key": "v-"#, r#""venv_key": "../../etc/v-"#));
     expect!["deploy/release.yaml: shared_files: .env is where the release puts its own .env; create shared/.env on the instance instead: the release links to it"].assert_eq(&tampered(r#""shared_files": []"#, r#""shared_files": [".env"]"#));
 }
+
+#[test]
+fn release_yaml_errors_name_the_key() {
+    let config = DeployConfig::parse(Path::new("deploy.yaml"), "app: api\n").unwrap();
+    let good = config.resolve(b"", "x86_64").to_yaml();
+    let err = |from: &str, to: &str| {
+        assert!(good.contains(from), "{from} not in {good}");
+        Release::parse(Path::new("deploy/release.yaml"), &good.replacen(from, to, 1)).unwrap_err().to_string()
+    };
+    expect![[r#"deploy/release.yaml: health.url: "ftp://x": only http:// health URLs are supported at line 17 column 20"#]]
+        .assert_eq(&err(r#""url": "http://127.0.0.1:8000/healthz""#, r#""url": "ftp://x""#));
+    expect!["deploy/release.yaml: surprise: unknown field `surprise`, expected one of `schema`, `app`, `user`, `group`, `app_root`, `unit`, `python`, `installer`, `arch`, `venv_key`, `keep_releases`, `shared_files`, `shared_dirs`, `stop_on_application_stop`, `health`, `post_install`, `timeouts` at line 2 column 12"]
+        .assert_eq(&err(r#""schema": 1,"#, r#""surprise": 1, "schema": 1,"#));
+    expect![[r#"deploy/release.yaml: shared_dirs[1]: "a/../b" must be a relative path without '.', '..' or empty parts at line 14 column 32"#]].assert_eq(&err(r#""shared_dirs": []"#, r#""shared_dirs": ["ok", "a/../b"]"#));
+    expect![[r#"deploy/release.yaml: timeouts.after_install: invalid type: string "soon", expected a whole number of seconds at line 26 column 27"#]].assert_eq(&err(r#""after_install": 1200"#, r#""after_install": "soon""#));
+    expect![[r#"deploy/release.yaml: [0]: invalid type: string "schema", expected u32 at line 2 column 10"#]]
+        .assert_eq(&err("{", "["));
+    expect![[r#"deploy/release.yaml: app: "a\"pi" is not an app name (letters, digits, '-', '_', '.'; at most 64) at line 3 column 16"#]].assert_eq(&err(r#""app": "api""#, r#""app": "a\"pi""#));
+}
