@@ -98,24 +98,30 @@ pub struct Skipped {
 pub struct Parsed {
     /// Every valid record, in file order.
     pub records: Vec<Record>,
-    /// Lines that are not records.
+    /// The first [`SKIPPED_KEPT`] lines that are not records.
     pub skipped: Vec<Skipped>,
+    /// How many lines are not records, all told.
+    pub skipped_total: usize,
 }
+
+/// Skipped lines remembered one by one; past that they are only counted, so a file of garbage
+/// costs no memory.
+pub const SKIPPED_KEPT: usize = 10;
 
 impl Parsed {
     /// One warning for every skipped line, naming their numbers (the first ten), or `None`.
     pub fn warning(&self, file: &Path) -> Option<String> {
         let first = self.skipped.first()?;
-        let mut lines: Vec<String> = self.skipped.iter().take(10).map(|s| s.line.to_string()).collect();
-        if self.skipped.len() > 10 {
-            lines.push(format!("and {} more", self.skipped.len() - 10));
+        let mut lines: Vec<String> = self.skipped.iter().map(|s| s.line.to_string()).collect();
+        if self.skipped_total > self.skipped.len() {
+            lines.push(format!("and {} more", self.skipped_total - self.skipped.len()));
         }
-        let plural = if self.skipped.len() == 1 { "line" } else { "lines" };
+        let plural = if self.skipped_total == 1 { "line" } else { "lines" };
         Some(format!(
             "{}: skipped {} {plural} that {} not records (line {}; the first: {}); status, rollback and prune go by the rest",
             file.display(),
-            self.skipped.len(),
-            if self.skipped.len() == 1 { "is" } else { "are" },
+            self.skipped_total,
+            if self.skipped_total == 1 { "is" } else { "are" },
             lines.join(", "),
             first.why,
         ))
@@ -186,7 +192,10 @@ pub fn parse(mut reader: impl BufRead) -> io::Result<Parsed> {
             }
         };
         if let Some(why) = why {
-            parsed.skipped.push(Skipped { line: number, why });
+            parsed.skipped_total += 1;
+            if parsed.skipped.len() < SKIPPED_KEPT {
+                parsed.skipped.push(Skipped { line: number, why });
+            }
         }
         if !ended {
             return Ok(parsed);
@@ -433,6 +442,15 @@ mod tests {
             .assert_eq(&parsed.warning(Path::new("/srv/app/journal.jsonl")).unwrap());
     }
 
+    #[test]
+    fn only_the_first_skipped_lines_are_kept_the_rest_counted() {
+        let text = b"junk\n".repeat(25);
+        let parsed = parse(text.as_slice()).unwrap();
+        assert_eq!((parsed.skipped.len(), parsed.skipped_total), (SKIPPED_KEPT, 25));
+        expect_test::expect!["j: skipped 25 lines that are not records (line 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, and 15 more; the first: not a journal record); status, rollback and prune go by the rest"]
+            .assert_eq(&parsed.warning(Path::new("j")).unwrap());
+    }
+
     /// A byte reader that hands out one byte at a time: a long line is never held whole.
     #[test]
     fn parsing_reads_in_any_chunks() {
@@ -459,7 +477,7 @@ mod tests {
         journal.append(&rec("d-B", "r-b", "AfterInstall", State::Live)).unwrap();
         let records = journal.read().unwrap();
         assert_eq!(live_history(&records), ["r-b", "r-a"]);
-        assert_eq!(journal.load().unwrap().skipped.len(), 1);
+        assert_eq!(journal.load().unwrap().skipped_total, 1);
     }
 
     #[test]

@@ -325,7 +325,7 @@ pub fn status(ctx: &Ctx, revision: &Revision, json: bool) -> anyhow::Result<Stri
     let journal = Journal::new(&store.app_root);
     let parsed = journal.load()?;
     let skipped_warning = parsed.warning(journal.path());
-    let journal_skipped = parsed.skipped.len();
+    let journal_skipped = parsed.skipped_total;
     let records = parsed.records;
     let current = store.current_revision();
     let previous =
