@@ -8,7 +8,8 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let validation = appspec::validate::validate(text);
-    let lines = text.split('\n').count();
+    // YAML's line breaks: \r\n, \n and a lone \r (Psych and saphyr count the last too).
+    let lines = text.replace("\r\n", "\n").split(['\n', '\r']).count();
     for finding in &validation.findings {
         if let Some(line) = finding.line {
             assert!(line >= 1 && line <= lines + 1, "line {line} of {lines}: {finding:?}");
