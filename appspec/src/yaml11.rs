@@ -310,11 +310,13 @@ pub fn resolve_plain(s: &str) -> Typed {
     }
     if let Some((neg, parts)) = sexagesimal_parts(s, false) {
         // Ruby's `to_i` per part: the sign stays on the first part only, so -1:30 is -1800.
+        // Ruby's Integer has no limit; a head too long for i128 saturates, which keeps it far
+        // outside every range a rule accepts.
         let mut total: i128 = 0;
         for (e, part) in parts.iter().enumerate() {
             let n = ruby_to_i(part);
             let n = if e == 0 && neg { -n } else { n };
-            total += n * 60i128.pow((e as i32 - 2).unsigned_abs());
+            total = total.saturating_add(n.saturating_mul(60i128.pow((e as i32 - 2).unsigned_abs())));
         }
         return Typed::Int(total);
     }
@@ -414,6 +416,9 @@ mod tests {
             ("300s", Typed::Str),
             ("u+x", Typed::Str),
             ("7777", Typed::Int(7777)),
+            // Past i128 (Ruby would make a Bignum): saturated, never an overflow.
+            ("99999999999999999999999999999999999999999:00", Typed::Int(i128::MAX)),
+            ("-99999999999999999999999999999999999999999:00:00", Typed::Int(i128::MIN)),
         ];
         for (text, want) in cases {
             let got = resolve_plain(text);

@@ -24,7 +24,7 @@ use packaging::{
 };
 
 use crate::{
-    child::{self, Spawn},
+    child::{Budget, Spawn},
     context::{Ctx, Revision},
     fsx::{self, Dir},
     journal::{Journal, Record, State, states},
@@ -280,6 +280,23 @@ fn save_copies(store: &Store, revision: &Revision) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Compacts the journal when it grew past its limit; a failure is a warning (the deploy stands
+/// and the file stays as it was). Call with the lock held.
+pub fn compact_journal(journal: &Journal, log: &Log) {
+    match journal.compact_if_large() {
+        Ok(Some((before, after))) => {
+            log.info(format!("compacted {} from {before} to {after} bytes", journal.path().display()))
+        }
+        Ok(None) => {}
+        Err(err) => log.info(format!("warning: compacting the journal failed, it stays as it was: {err:#}")),
+    }
+}
+
+/// What is left of AfterInstall's timeout for the next child.
+fn budget(release: &Release, log: &Log) -> Budget {
+    Budget::new("AfterInstall", release.timeouts.after_install.secs(), log.elapsed())
+}
+
 /// Runs AfterInstall for `revision` with the deployment id `deployment_id`; returns the verdict.
 pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -> anyhow::Result<String> {
     let release = &revision.release;
@@ -370,7 +387,7 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
                     log,
                 )
             })?;
-            log.step("import check", |_| {
+            log.step("import check", |log| {
                 let unit_text =
                     fsx::read_trusted(&revision.dir.join(layout::unit(release.unit.as_str())), READ_CAP)?;
                 let module = unit::asgi_module(&String::from_utf8_lossy(&unit_text))?;
@@ -380,7 +397,7 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
                     "import importlib, sys; import hypercorn; importlib.import_module(sys.argv[1])",
                     &module,
                 ]);
-                child::run(
+                budget(release, log).run(
                     cmd,
                     Spawn {
                         what: "the import check",
@@ -391,19 +408,20 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
                 )
             })?;
             for post in &release.post_install {
-                log.step(&format!("post-install {}", post.name), |_| {
-                    let mut cmd = release_command(&store, release, &staging_shown, post.run[0].as_str())?;
-                    cmd.args(post.run[1..].iter().map(|a| a.as_str()))
+                log.step(&format!("post-install {}", post.name), |log| {
+                    let mut cmd =
+                        release_command(&store, release, &staging_shown, post.run.program().as_str())?;
+                    cmd.args(post.run.args().iter().map(|a| a.as_str()))
                         .env("DEPLOY_REVISION", rev)
                         .env("DEPLOYMENT_ID", deployment_id);
                     let what = format!("post-install command {:?}", post.name.as_str());
                     let spawn = Spawn {
                         what: &what,
                         ids: store.owner,
-                        timeout: Duration::from_secs(post.timeout.into()),
+                        timeout: Duration::from_secs(post.timeout.secs().into()),
                         log: &logs_file,
                     };
-                    child::run(cmd, spawn)
+                    budget(release, log).run(cmd, spawn)
                 })?;
             }
             log.step("mark ready", |_| {
@@ -457,6 +475,7 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
     if let Err(err) = log.step("prune", |log| prune::prune(&store, &journal, release.keep_releases, log)) {
         log.info(format!("warning: pruning failed, the deploy stands: {err:#}"));
     }
+    compact_journal(&journal, log);
     let secs = log.elapsed().as_secs_f64();
     Ok(if !switched && same_deployment && known {
         format!(

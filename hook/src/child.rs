@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, format_err};
+use anyhow::{Context, bail, format_err};
 
 use crate::{users::Ids, util::interrupted};
 
@@ -27,6 +27,56 @@ pub struct Spawn<'a> {
     pub timeout: Duration,
     /// Where its stdout and stderr go (appended).
     pub log: &'a Path,
+}
+
+/// Time the hook keeps for its own work after its last child in an event: the switch, the
+/// journal, prune.
+pub const RESERVE: Duration = Duration::from_secs(10);
+
+/// What is left of a lifecycle event's timeout. The agent kills the hook when the event's time
+/// runs out, so no child may be given longer than what is left, whatever its own limit says.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    event: &'static str,
+    secs: u32,
+    end: Instant,
+}
+
+impl Budget {
+    /// `event` may last `secs` seconds and has run for `elapsed`.
+    pub fn new(event: &'static str, secs: u32, elapsed: Duration) -> Budget {
+        let left = Duration::from_secs(secs.into()).saturating_sub(elapsed).saturating_sub(RESERVE);
+        Budget { event, secs, end: Instant::now() + left }
+    }
+
+    /// Time left for children.
+    pub fn left(&self) -> Duration {
+        self.end.saturating_duration_since(Instant::now())
+    }
+
+    fn spent(&self) -> String {
+        format!(
+            "{}'s timeout of {}s is spent ({}s kept for the switch and the journal); raise it in deploy.yaml timeouts",
+            self.event,
+            self.secs,
+            RESERVE.as_secs()
+        )
+    }
+
+    /// Runs `cmd` as [`run`] does, its timeout cut to what is left of the event.
+    pub fn run(&self, cmd: Command, mut spawn: Spawn<'_>) -> anyhow::Result<()> {
+        let left = self.left();
+        if left.is_zero() {
+            bail!("{} not started: {}", spawn.what, self.spent());
+        }
+        let cut = left < spawn.timeout;
+        spawn.timeout = spawn.timeout.min(left);
+        let result = run(cmd, spawn);
+        match result {
+            Err(err) if cut && self.left().is_zero() => Err(err.context(self.spent())),
+            other => other,
+        }
+    }
 }
 
 /// Runs `cmd` to completion. Fails on a non-zero exit, a timeout or SIGTERM, showing the last

@@ -10,7 +10,7 @@ mod context;
 mod env_file;
 mod fsx;
 mod health;
-mod journal;
+pub mod journal;
 mod lifecycle;
 mod listen;
 mod process;

@@ -308,7 +308,9 @@ pub fn prune_cmd(ctx: &Ctx, revision: &Revision, keep: Option<u32>, log: &mut Lo
     let holder = format!("pid {} (prune, since {})", std::process::id(), now());
     let _lock = Lock::acquire(&store, &holder, lock_wait(), &|m| log.info(m))?;
     let keep = keep.unwrap_or(revision.release.keep_releases).max(1);
-    let removed = prune::prune(&store, &Journal::new(&store.state)?, keep, log)?;
+    let journal = Journal::new(&store.state)?;
+    let removed = prune::prune(&store, &journal, keep, log)?;
+    crate::after_install::compact_journal(&journal, log);
     Ok(format!(
         "prune ok: {} releases removed, keeping {keep} good ones plus the current and previous",
         removed.len()
@@ -339,6 +341,8 @@ struct Status {
     service: String,
     releases: Vec<ReleaseStatus>,
     journal: Vec<Record>,
+    /// Lines of journal.jsonl that are not records (skipped).
+    journal_skipped: usize,
 }
 
 /// `deploy-hook status [--json]`.
@@ -346,7 +350,11 @@ pub fn status(ctx: &Ctx, revision: &Revision, json: bool) -> anyhow::Result<Stri
     let release = &revision.release;
     let store =
         Store::open(&ctx.root, release).context("status reads the root-owned journal: run it as root")?;
-    let records = Journal::new(&store.state)?.read()?;
+    let journal = Journal::new(&store.state)?;
+    let parsed = journal.load()?;
+    let skipped_warning = parsed.warning(journal.path());
+    let journal_skipped = parsed.skipped_total;
+    let records = parsed.records;
     let current = store.current_revision();
     let previous =
         live_history(&records).into_iter().find(|r| Some(*r) != current.as_deref()).map(str::to_owned);
@@ -386,6 +394,7 @@ pub fn status(ctx: &Ctx, revision: &Revision, json: bool) -> anyhow::Result<Stri
         service: service.state(),
         releases,
         journal: records,
+        journal_skipped,
     };
     if json {
         return Ok(serde_json::to_string_pretty(&status)?);
@@ -412,6 +421,9 @@ pub fn status(ctx: &Ctx, revision: &Revision, json: bool) -> anyhow::Result<Stri
             r.deployment_ids.join(","),
             r.last_message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default()
         ));
+    }
+    if let Some(warning) = skipped_warning {
+        out.push_str(&format!("warning: {warning}\n"));
     }
     Ok(out.trim_end().to_owned())
 }

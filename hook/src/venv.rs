@@ -19,7 +19,7 @@ use anyhow::{Context, bail};
 use packaging::config::{Installer, Release};
 
 use crate::{
-    child::{self, Spawn},
+    child::{Budget, Spawn},
     store::{Store, VENV_COMPLETE},
     util::Log,
     wheels,
@@ -162,15 +162,18 @@ pub fn ensure(
         env.push((k.into(), build_dir.join(sub).into()));
     }
     env.push(("PIP_ROOT_USER_ACTION".into(), "ignore".into()));
-    let run = |what: &str, mut cmd: Command, timeout: u64| {
+    // pip and uv get whatever AfterInstall has left; the quick steps a fixed cap within that.
+    let budget = Budget::new("AfterInstall", release.timeouts.after_install.secs(), log.elapsed());
+    let run = |what: &str, mut cmd: Command, timeout: Option<u64>| {
         cmd.env_clear().envs(env.iter().map(|(k, v)| (k, v))).current_dir(&store.app_root);
-        child::run(cmd, Spawn { what, ids, timeout: Duration::from_secs(timeout), log: log_file })
+        let timeout = timeout.map_or(Duration::MAX, Duration::from_secs);
+        budget.run(cmd, Spawn { what, ids, timeout, log: log_file })
     };
     let used = if let Some(uv) = &uv {
         log.info(format!("building {key} with {}", uv.display()));
         let mut cmd = Command::new(uv);
         cmd.args(["venv", "--quiet", "--no-config", "--allow-existing", "--python"]).arg(python).arg(&dir);
-        run("uv venv", cmd, 300)?;
+        run("uv venv", cmd, Some(300))?;
         let mut cmd = Command::new(uv);
         cmd.args(["pip", "install", "--no-config", "--compile-bytecode", "--python"])
             .arg(dir.join("bin/python"));
@@ -178,21 +181,21 @@ pub fn ensure(
             cmd.arg("--offline").args(&offline);
         }
         cmd.arg("-r").arg(requirements);
-        run("uv pip install", cmd, 1800)?;
+        run("uv pip install", cmd, None)?;
         "uv"
     } else {
         log.info(format!("building {key} with {} -m venv and pip", python.display()));
         let mut cmd = Command::new(python);
         cmd.args(["-m", "venv"]).arg(&dir);
-        run("python -m venv", cmd, 300)?;
+        run("python -m venv", cmd, Some(300))?;
         let mut cmd = Command::new(dir.join("bin/python"));
         cmd.args(["-m", "pip", "install", "--no-input"]).args(&offline).arg("-r").arg(requirements);
-        run("pip install", cmd, 1800)?;
+        run("pip install", cmd, None)?;
         "pip"
     };
     let mut cmd = Command::new(dir.join("bin/python"));
     cmd.args(["-c", "import hypercorn"]);
-    run("the venv's import of hypercorn", cmd, 120)?;
+    run("the venv's import of hypercorn", cmd, Some(120))?;
     // From here on nobody but root can change it: no write access for group or others.
     let built = venvs.sub_owned(&key, builder.uid)?;
     built.chown_tree(store.me.uid, store.me.gid)?;

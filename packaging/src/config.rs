@@ -360,6 +360,125 @@ impl<'de, const MIN: u32> Deserialize<'de> for AtLeast<MIN> {
     }
 }
 
+/// A duration in seconds that may have a fraction (hypercorn's timeouts): finite, at least 0,
+/// at most [`MAX_HOOK_TIMEOUT`] (no lifecycle event, and so no stop, can last longer).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(into = "f64")]
+pub struct Seconds(f64);
+
+impl Seconds {
+    /// Validates `value`.
+    pub fn new(value: f64) -> Result<Seconds, String> {
+        if value.is_finite() && (0.0..=f64::from(MAX_HOOK_TIMEOUT)).contains(&value) {
+            Ok(Seconds(value))
+        } else {
+            Err(format!("{value} is not a finite number of seconds in 0..={MAX_HOOK_TIMEOUT}"))
+        }
+    }
+
+    /// The seconds.
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+impl From<Seconds> for f64 {
+    fn from(value: Seconds) -> f64 {
+        value.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Seconds;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number of seconds")
+            }
+            fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<Seconds, E> {
+                Seconds::new(value).map_err(E::custom)
+            }
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<Seconds, E> {
+                Seconds::new(value as f64).map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<Seconds, E> {
+                Seconds::new(value as f64).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_f64(Visitor)
+    }
+}
+
+/// A command line: at least one word, each free of control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Argv(Vec<Text>);
+
+impl Argv {
+    /// Validates `words`.
+    pub fn new(words: Vec<Text>) -> Result<Argv, String> {
+        if words.is_empty() {
+            Err("the command is empty: give the program and its arguments, like [python, manage.py, migrate]"
+                .into())
+        } else {
+            Ok(Argv(words))
+        }
+    }
+
+    /// The program.
+    pub fn program(&self) -> &Text {
+        &self.0[0]
+    }
+
+    /// The arguments after the program.
+    pub fn args(&self) -> &[Text] {
+        &self.0[1..]
+    }
+}
+
+impl<'de> Deserialize<'de> for Argv {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Argv;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of words")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Argv, A::Error> {
+                let mut words = Vec::new();
+                while let Some(word) = seq.next_element::<Text>()? {
+                    words.push(word);
+                }
+                Argv::new(words).map_err(serde::de::Error::custom)
+            }
+        }
+        deserializer.deserialize_seq(Visitor)
+    }
+}
+
+/// A venv name as [`venv_key`] makes it: `v-` and 16 lowercase hex digits. It becomes a path
+/// component under `<app_root>/venvs/`, so nothing else is accepted.
+fn venv_key_name(value: &str) -> Result<(), String> {
+    let ok = value.strip_prefix("v-").is_some_and(|hex| {
+        hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    });
+    if ok { Ok(()) } else { Err(format!("{value:?} is not a venv key (v- and 16 lowercase hex digits)")) }
+}
+
+validated_string!(
+    /// The name of a venv under `<app_root>/venvs/`, as [`venv_key`] makes it.
+    VenvKey, venv_key_name);
+
+// release.yaml keeps plain types for the hook; these hold its values to deploy.yaml's rules.
+fn at_least<'de, const MIN: u32, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    AtLeast::<MIN>::deserialize(deserializer).map(AtLeast::get)
+}
+
+fn venv_key_string<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    VenvKey::deserialize(deserializer).map(|key| key.0)
+}
+
 // ---------------------------------------------------------------------------------------------
 // deploy.yaml
 
@@ -510,15 +629,15 @@ pub struct HypercornConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_class: Option<WorkerClass>,
     #[serde(default = "default_graceful_timeout")]
-    pub graceful_timeout: f64,
+    pub graceful_timeout: Seconds,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub keep_alive_timeout: Option<f64>,
+    pub keep_alive_timeout: Option<Seconds>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_timeout: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub startup_timeout: Option<f64>,
+    pub startup_timeout: Option<Seconds>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shutdown_timeout: Option<f64>,
+    pub shutdown_timeout: Option<Seconds>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backlog: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -550,9 +669,9 @@ pub struct HealthConfig {
     /// URL to GET; default `http://<first TCP bind>/healthz`, with 0.0.0.0 read as 127.0.0.1.
     pub url: Option<HealthUrl>,
     /// Seconds for one try.
-    pub try_timeout: Option<u32>,
+    pub try_timeout: Option<AtLeast<1>>,
     /// Seconds for all tries.
-    pub deadline: Option<u32>,
+    pub deadline: Option<AtLeast<1>>,
     /// Seconds between tries.
     pub interval: Option<u32>,
 }
@@ -564,10 +683,11 @@ pub struct PostInstall {
     /// A name for logs.
     pub name: Text,
     /// The argv, run without a shell in the staged release, the venv first on PATH.
-    pub run: Vec<Text>,
-    /// Seconds before it is killed.
+    pub run: Argv,
+    /// Seconds before it is killed (1..=3600; the hook also stops it when AfterInstall's own
+    /// timeout runs out).
     #[serde(default = "default_post_install_timeout")]
-    pub timeout: u32,
+    pub timeout: Timeout,
 }
 
 /// The `timeouts:` section: seconds per lifecycle event, each 1..=3600.
@@ -720,8 +840,8 @@ fn default_bind() -> Vec<Text> {
 fn default_workers() -> AtLeast<1> {
     AtLeast(1)
 }
-fn default_graceful_timeout() -> f64 {
-    10.0
+fn default_graceful_timeout() -> Seconds {
+    Seconds(10.0)
 }
 fn default_dash() -> Text {
     Text("-".into())
@@ -729,8 +849,8 @@ fn default_dash() -> Text {
 fn default_loglevel() -> Text {
     Text("INFO".into())
 }
-fn default_post_install_timeout() -> u32 {
-    300
+fn default_post_install_timeout() -> Timeout {
+    Timeout(300)
 }
 fn t60() -> Timeout {
     Timeout(60)
@@ -751,7 +871,9 @@ fn t1200() -> Timeout {
 #[allow(missing_docs)]
 pub struct Health {
     pub url: HealthUrl,
+    #[serde(deserialize_with = "at_least::<1, _>")]
     pub try_timeout: u32,
+    #[serde(deserialize_with = "at_least::<1, _>")]
     pub deadline: u32,
     pub interval: u32,
 }
@@ -773,6 +895,7 @@ pub struct Release {
     /// The instances' CPU architecture, as the hook binary was built for.
     pub arch: String,
     /// Names the venv under `<app_root>/venvs/`; see [`venv_key`].
+    #[serde(deserialize_with = "venv_key_string")]
     pub venv_key: String,
     /// Where the packages come from.
     #[serde(default)]
@@ -780,6 +903,7 @@ pub struct Release {
     /// The wheels' target, when vendored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wheels: Option<WheelTarget>,
+    #[serde(deserialize_with = "at_least::<2, _>")]
     pub keep_releases: u32,
     pub shared_files: Vec<RelPath>,
     pub shared_dirs: Vec<RelPath>,
@@ -852,6 +976,29 @@ fn yaml_error(path: &Path, err: serde_yaml::Error) -> ConfigError {
     ConfigError::Invalid { path: path.display().to_string(), message: err.to_string() }
 }
 
+/// The rules on `shared_files` and `shared_dirs` that span both lists: nothing where the release
+/// puts its own files, nothing listed twice. Both deploy.yaml and release.yaml are held to them.
+fn check_shared(files: &[RelPath], dirs: &[RelPath]) -> Result<(), String> {
+    let mut seen = std::collections::BTreeSet::new();
+    let shared = files.iter().map(|p| ("shared_files", p));
+    for (key, path) in shared.chain(dirs.iter().map(|p| ("shared_dirs", p))) {
+        let top = path.as_str().split('/').next().unwrap_or_default();
+        if crate::layout::RESERVED_IN_RELEASE.contains(&top) {
+            let hint = match top {
+                ".env" => {
+                    "the service's environment file is /var/lib/deploy-hook/<app>/service.env on the instance, root's, seeded from env_sample"
+                }
+                _ => "choose another path",
+            };
+            return Err(format!("{key}: {path} is where the release puts its own {top}; {hint}"));
+        }
+        if !seen.insert(path.as_str()) {
+            return Err(format!("{key}: {path} is listed twice in shared_files and shared_dirs"));
+        }
+    }
+    Ok(())
+}
+
 impl DeployConfig {
     /// Reads and validates `path`.
     #[cfg(feature = "build")]
@@ -869,32 +1016,7 @@ impl DeployConfig {
         if config.hypercorn.bind.is_empty() {
             return Err(invalid("hypercorn.bind: at least one address is needed".into()));
         }
-        for (i, cmd) in config.post_install.iter().enumerate() {
-            if cmd.run.is_empty() {
-                return Err(invalid(format!("post_install[{i}].run: the command is empty")));
-            }
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        let shared = config.shared_files.iter().map(|p| ("shared_files", p));
-        for (key, path) in shared.chain(config.shared_dirs.iter().map(|p| ("shared_dirs", p))) {
-            let top = path.as_str().split('/').next().unwrap_or_default();
-            if crate::layout::RESERVED_IN_RELEASE.contains(&top) {
-                let hint = match top {
-                    ".env" => {
-                        "the service's environment file is /var/lib/deploy-hook/<app>/service.env on the instance, root's, seeded from env_sample"
-                    }
-                    _ => "choose another path",
-                };
-                return Err(invalid(format!(
-                    "{key}: {path} is where the release puts its own {top}; {hint}"
-                )));
-            }
-            if !seen.insert(path.as_str()) {
-                return Err(invalid(format!(
-                    "{key}: {path} is listed twice in shared_files and shared_dirs"
-                )));
-            }
-        }
+        check_shared(&config.shared_files, &config.shared_dirs).map_err(invalid)?;
         if config.service.socket_activation {
             for (i, bind) in config.hypercorn.bind.iter().enumerate() {
                 listen_stream(bind.as_str()).map_err(|why| {
@@ -997,8 +1119,8 @@ impl DeployConfig {
             socket_activation: self.service.socket_activation,
             health: Health {
                 url: health.url.clone().or_else(|| self.default_health_url()).expect("checked in parse"),
-                try_timeout: health.try_timeout.unwrap_or(2),
-                deadline: health.deadline.unwrap_or(60),
+                try_timeout: health.try_timeout.map_or(2, AtLeast::get),
+                deadline: health.deadline.map_or(60, AtLeast::get),
                 interval: health.interval.unwrap_or(1),
             },
             post_install: self.post_install.clone(),
@@ -1033,6 +1155,79 @@ pub fn listen_stream(bind: &str) -> Result<String, String> {
     Ok(std::net::SocketAddr::new(ip, port).to_string())
 }
 
+/// The key path (`health.deadline`, `post_install[0].run`) of the value serde_json stopped at,
+/// `line` and `column` as it reports them (1-based; column 0 before the line's first byte), so
+/// release.yaml errors name the key as deploy.yaml's do. A scan of the JSON structure up to that
+/// point; a closing bracket there is the end of the value that failed, so it is included.
+fn json_key_path(text: &str, line: usize, column: usize) -> String {
+    enum Frame {
+        Object { key: Option<String>, expect_key: bool },
+        Array { index: usize },
+    }
+    if line == 0 {
+        return String::new();
+    }
+    let line_start: usize = text.split_inclusive('\n').take(line - 1).map(str::len).sum();
+    let bytes = text.as_bytes();
+    let mut end = (line_start + column).min(bytes.len());
+    if end > 0 && matches!(bytes[end - 1], b']' | b'}') {
+        // serde_json's column is the last byte read: the bracket closing the failed value.
+    } else {
+        end = end.saturating_sub(1);
+    }
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut i = 0;
+    while i < end {
+        match bytes[i] {
+            b'{' => stack.push(Frame::Object { key: None, expect_key: true }),
+            b'[' => stack.push(Frame::Array { index: 0 }),
+            b'}' | b']' => {
+                stack.pop();
+            }
+            b',' => match stack.last_mut() {
+                Some(Frame::Array { index }) => *index += 1,
+                Some(Frame::Object { key, expect_key }) => {
+                    *key = None;
+                    *expect_key = true;
+                }
+                None => {}
+            },
+            b':' => {
+                if let Some(Frame::Object { expect_key, .. }) = stack.last_mut() {
+                    *expect_key = false;
+                }
+            }
+            b'"' => {
+                let start = i + 1;
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                if let Some(Frame::Object { key, expect_key: true }) = stack.last_mut() {
+                    // Keys of release.yaml are plain field names: no escapes to decode.
+                    *key = std::str::from_utf8(&bytes[start..i.min(bytes.len())]).ok().map(str::to_owned);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    let mut path = String::new();
+    for frame in &stack {
+        match frame {
+            Frame::Object { key: Some(key), .. } => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+            }
+            Frame::Object { key: None, .. } => {}
+            Frame::Array { index } => path.push_str(&format!("[{index}]")),
+        }
+    }
+    path
+}
+
 impl Release {
     /// The socket unit next to the service unit, `<stem>.socket`, when the release uses socket
     /// activation.
@@ -1041,21 +1236,25 @@ impl Release {
         self.socket_activation.then(|| format!("{stem}.socket"))
     }
 
-    /// Parses release.yaml, naming `path` in errors.
+    /// Parses release.yaml, naming `path` in errors, with the rules deploy.yaml's values were
+    /// held to: a release.yaml edited after bundling gets no further than a bad deploy.yaml.
     pub fn parse(path: &Path, text: &str) -> Result<Release, ConfigError> {
-        let release: Release = serde_json::from_str(text).map_err(|err| ConfigError::Invalid {
-            path: path.display().to_string(),
-            message: err.to_string(),
+        // serde_json knows line and column; the key path comes from a scan of the text
+        // (json_key_path), as serde_yaml gives it for deploy.yaml.
+        let invalid = |message: String| ConfigError::Invalid { path: path.display().to_string(), message };
+        let release: Release = serde_json::from_str(text).map_err(|err| {
+            invalid(match json_key_path(text, err.line(), err.column()) {
+                key if key.is_empty() => err.to_string(),
+                key => format!("{key}: {err}"),
+            })
         })?;
         if release.schema != RELEASE_SCHEMA {
-            return Err(ConfigError::Invalid {
-                path: path.display().to_string(),
-                message: format!(
-                    "schema {} is not {RELEASE_SCHEMA}: bundle and hook versions differ",
-                    release.schema
-                ),
-            });
+            return Err(invalid(format!(
+                "schema {} is not {RELEASE_SCHEMA}: bundle and hook versions differ",
+                release.schema
+            )));
         }
+        check_shared(&release.shared_files, &release.shared_dirs).map_err(invalid)?;
         Ok(release)
     }
 

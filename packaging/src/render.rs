@@ -65,7 +65,7 @@ pub fn unit(config: &DeployConfig, release: &Release) -> String {
     .map(exec_word)
     .join(" ");
     // Give hypercorn its graceful timeout plus a margin before systemd sends SIGKILL.
-    let stop_timeout = config.hypercorn.graceful_timeout.ceil() as u64 + 5;
+    let stop_timeout = config.hypercorn.graceful_timeout.get().ceil() as u64 + 5;
     let mut env =
         vec![env_assignment("PYTHONUNBUFFERED", "1"), env_assignment("PYTHONDONTWRITEBYTECODE", "1")];
     env.extend(config.service.environment.iter().map(|(k, v)| env_assignment(k.as_str(), v.as_str())));

@@ -546,3 +546,45 @@ fn shared_files_and_dirs_outlive_releases() {
     );
     assert_nothing_half_built(&sandbox);
 }
+
+/// A post-install command allowed longer than AfterInstall itself is stopped when the event's
+/// time runs out, with a message naming that timeout, not run until the agent kills the hook.
+#[test]
+fn children_get_only_what_is_left_of_after_install() {
+    let port = free_port();
+    let (dir, app) = example_variant(port, &[("installer: auto", "installer: pip")]).unwrap();
+    let sandbox = Sandbox::new().unwrap();
+    let base = build_bundle(&app, &dir.path().join("base"), &[]).unwrap();
+    assert_ok(&sandbox.after_install(&base, "d-BUDGET001").unwrap());
+    let live = sandbox.current().unwrap();
+    // Same requirements, so the venv is reused and the post-install command is the first child.
+    edit_file(&app, "deploy.yaml", "after_install: 1200", "after_install: 20");
+    edit_file(
+        &app,
+        "deploy.yaml",
+        "post_install: []",
+        "post_install:\n  - name: slow\n    run: [python, -c, \"import time; time.sleep(3600)\"]\n    timeout: 3600",
+    );
+    let slow = build_bundle(&app, &dir.path().join("slow"), &[]).unwrap();
+    let archive = sandbox.extract(&slow, "d-BUDGET002").unwrap();
+    let mut child = sandbox
+        .hook(&archive, "AfterInstall", "d-BUDGET002")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A guard so a regression fails the test instead of hanging it for an hour.
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(300) {
+            // SAFETY: a plain kill(2) on our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            panic!("the post-install command ran past AfterInstall's 20 s timeout");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_failed(&out, "AfterInstall's timeout of 20s is spent");
+    assert!(last_line(&out).contains("post-install command \"slow\" timed out"), "{}", describe(&out));
+    assert_eq!(sandbox.current().as_deref(), Some(live.as_str()));
+    assert_nothing_half_built(&sandbox);
+}

@@ -167,6 +167,35 @@ fn health_gate_reverts_and_rollback_and_status_tell_the_story() {
         releases.contains(&rev_a) && releases.contains(&rev_b) && releases.contains(&rev_c),
         "{releases:?}"
     );
+
+    // A damaged journal: a non-UTF-8 line and a 100 KiB line in the middle. Status reports them
+    // and reads the rest; rollback still works from it.
+    let journal_path = sandbox.app_root().join("journal.jsonl");
+    let text = fs::read(&journal_path).unwrap();
+    let cut = text.iter().position(|&b| b == b'\n').unwrap() + 1;
+    let mut damaged = text[..cut].to_vec();
+    damaged.extend_from_slice(b"{\"time\": \"\xff\xfe\"}\n");
+    damaged.extend(std::iter::repeat_n(b'x', 100 * 1024));
+    damaged.push(b'\n');
+    damaged.extend_from_slice(&text[cut..]);
+    fs::write(&journal_path, damaged).unwrap();
+    let status = hook(&["status", "--json"]);
+    assert!(status.status.success(), "{}", describe(&status));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["journal_skipped"], 2, "{status}");
+    assert_eq!(status["current"], rev_a.as_str());
+    assert_eq!(status["previous"], rev_b.as_str());
+    let human = hook(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&human.stdout)
+            .contains("journal.jsonl: skipped 2 lines that are not records (line 2, 3;"),
+        "{}",
+        describe(&human)
+    );
+    let back = hook(&["rollback"]);
+    assert!(back.status.success(), "{}", describe(&back));
+    assert_eq!(last_line(&back), format!("rollback ok: {rev_b} live and healthy (was {rev_a})"));
+    assert!(String::from_utf8_lossy(&back.stderr).contains("skipped 2 lines"), "{}", describe(&back));
 }
 
 #[test]

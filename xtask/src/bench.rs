@@ -101,10 +101,10 @@ impl flags::Bench {
 }
 
 /// The example app plus `files` source files of `mib` MiB in all, with deterministic content.
-fn make_app(sh: &Shell, app: &Path, files: usize, mib: usize) -> anyhow::Result<()> {
+fn make_app(sh: &Shell, app: &Path, files: u64, mib: u64) -> anyhow::Result<()> {
     let example = project_root().join("examples/python-app");
     cmd!(sh, "cp -r {example} {app}").quiet().run()?;
-    let per_file = (mib << 20) / files.max(1);
+    let per_file = ((mib << 20) / files.max(1)) as usize;
     for i in 0..files {
         let dir = app.join(format!("src/pkg/sub{:02}", i % 50));
         fs::create_dir_all(&dir)?;
@@ -115,7 +115,7 @@ fn make_app(sh: &Shell, app: &Path, files: usize, mib: usize) -> anyhow::Result<
     Ok(())
 }
 
-fn bench_bundle(sh: &Shell, app: &Path, hook: &Path, work: &Path, runs: usize) -> anyhow::Result<()> {
+fn bench_bundle(sh: &Shell, app: &Path, hook: &Path, work: &Path, runs: u64) -> anyhow::Result<()> {
     let out = work.join("bundles");
     let tree = work.join("tree");
     let source = AppSource::load(app)?;
@@ -216,7 +216,7 @@ fn after_install(root: &Path, archive: &Path, id: &str, stage: &str) -> anyhow::
 /// wheels (no index), vs the seed's script pip-installing from the package index into a fresh
 /// interpreter environment with no pip cache, as on a new instance. Creating that environment
 /// is not timed (the seed relies on the system Python), which favours the seed.
-fn bench_first_deploy(sh: &Shell, hook: &Path, work: &Path, runs: usize) -> anyhow::Result<()> {
+fn bench_first_deploy(sh: &Shell, hook: &Path, work: &Path, runs: u64) -> anyhow::Result<()> {
     let example = project_root().join("examples/python-app");
     let source = AppSource::load(&example)?;
     let vendored = crate::wheels::for_app(&source, &example, Arch::X86_64)?;
@@ -285,7 +285,7 @@ fn text(seed: u64, len: usize) -> Vec<u8> {
 
 /// Times `f` and `baseline` alternately, `runs` times each; medians.
 fn side_by_side(
-    runs: usize,
+    runs: u64,
     mut f: impl FnMut() -> anyhow::Result<()>,
     mut baseline: impl FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<(Duration, Duration)> {
@@ -301,7 +301,7 @@ fn side_by_side(
     Ok((median(a), median(b)))
 }
 
-fn bench_verify(work: &Path, files: usize, mib: usize, links: usize, runs: usize) -> anyhow::Result<()> {
+fn bench_verify(work: &Path, files: usize, mib: usize, links: usize, runs: u64) -> anyhow::Result<()> {
     use crate::verify::{Options, verify};
     use packaging::reader::Limits;
 
@@ -405,7 +405,7 @@ fn bench_verify(work: &Path, files: usize, mib: usize, links: usize, runs: usize
     Ok(())
 }
 
-fn bench_redeploy(sh: &Shell, app: &Path, hook: &Path, work: &Path, runs: usize) -> anyhow::Result<()> {
+fn bench_redeploy(sh: &Shell, app: &Path, hook: &Path, work: &Path, runs: u64) -> anyhow::Result<()> {
     let root = work.join("root");
     sandbox_root(&root)?;
     let yaml = app.join("deploy.yaml");

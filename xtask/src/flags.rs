@@ -113,14 +113,14 @@ impl FileExistsBehavior {
 #[derive(Debug, clap::Args)]
 pub struct Bench {
     /// Source files in the synthetic app.
-    #[arg(long, default_value_t = 2000)]
-    pub files: usize,
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub files: u64,
     /// Their total size in MiB.
-    #[arg(long, default_value_t = 20)]
-    pub mib: usize,
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=65_536))]
+    pub mib: u64,
     /// Timed runs of each variant (the median is printed).
-    #[arg(long, default_value_t = 5)]
-    pub runs: usize,
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub runs: u64,
     /// Redeploys under load without, then with socket activation.
     #[arg(long, default_value_t = 3)]
     pub redeploys: usize,
@@ -205,4 +205,22 @@ pub enum Target {
     Aarch64,
     #[value(name = "all")]
     All,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Xtask;
+
+    /// Out-of-range bench sizes are refused by the parser, naming the flag, instead of
+    /// panicking later (a median of no runs, a shift past usize).
+    #[test]
+    fn bench_refuses_out_of_range_counts() {
+        for (flag, value) in [("--runs", "0"), ("--files", "0"), ("--mib", "99999999999999")] {
+            let err = Xtask::try_parse_from(["cargo xtask", "bench", flag, value]).unwrap_err().to_string();
+            assert!(err.contains(flag) && err.contains(value), "{flag} {value}: {err}");
+        }
+        Xtask::try_parse_from(["cargo xtask", "bench", "--runs", "1", "--files", "1", "--mib", "0"]).unwrap();
+    }
 }

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use expect_test::{Expect, expect};
 
-use super::DeployConfig;
+use super::{DeployConfig, Release};
 
 fn check_err(text: &str, want: Expect) {
     let err = DeployConfig::parse(Path::new("app/deploy.yaml"), text).unwrap_err();
@@ -168,4 +168,127 @@ fn python_version_and_platform_are_checked_while_parsing() {
             r#"app/deploy.yaml: dependencies: unknown variant `wheels`, expected `vendored` or `index` at line 2 column 15"#
         ]],
     );
+}
+
+#[test]
+fn bad_values_fail_at_parse_time_with_line_and_column() {
+    for (value, want) in [
+        (
+            ".inf",
+            expect![
+                "app/deploy.yaml: hypercorn.graceful_timeout: inf is not a finite number of seconds in 0..=3600 at line 3 column 21"
+            ],
+        ),
+        (
+            ".nan",
+            expect![
+                "app/deploy.yaml: hypercorn.graceful_timeout: NaN is not a finite number of seconds in 0..=3600 at line 3 column 21"
+            ],
+        ),
+        (
+            "-1",
+            expect![
+                "app/deploy.yaml: hypercorn.graceful_timeout: -1 is not a finite number of seconds in 0..=3600 at line 3 column 21"
+            ],
+        ),
+        (
+            "-0.5",
+            expect![
+                "app/deploy.yaml: hypercorn.graceful_timeout: -0.5 is not a finite number of seconds in 0..=3600 at line 3 column 21"
+            ],
+        ),
+        (
+            "1e400",
+            expect![[
+                r#"app/deploy.yaml: hypercorn.graceful_timeout: invalid type: string "1e400", expected a number of seconds at line 3 column 21"#
+            ]],
+        ),
+    ] {
+        check_err(&format!("app: api\nhypercorn:\n  graceful_timeout: {value}\n"), want);
+    }
+    check_err(
+        "app: api\nhypercorn:\n  keep_alive_timeout: .nan\n",
+        expect![
+            "app/deploy.yaml: hypercorn.keep_alive_timeout: NaN is not a finite number of seconds in 0..=3600 at line 3 column 23"
+        ],
+    );
+    check_err(
+        "app: api\nhealth:\n  deadline: 0\n",
+        expect!["app/deploy.yaml: health.deadline: 0 is below 1 at line 3 column 13"],
+    );
+    check_err(
+        "app: api\nhealth:\n  try_timeout: 0\n",
+        expect!["app/deploy.yaml: health.try_timeout: 0 is below 1 at line 3 column 16"],
+    );
+    check_err(
+        "app: api\npost_install:\n  - name: migrate\n    run: []\n",
+        expect![
+            "app/deploy.yaml: post_install[0].run: the command is empty: give the program and its arguments, like [python, manage.py, migrate] at line 4 column 10"
+        ],
+    );
+    check_err(
+        "app: api\npost_install:\n  - name: migrate\n    run: [true]\n    timeout: 0\n",
+        expect![
+            "app/deploy.yaml: post_install[0].timeout: timeout 0 is outside 1..=3600 seconds (CodeDeploy's limit for a hook) at line 5 column 14"
+        ],
+    );
+    check_err(
+        "app: api\npost_install:\n  - name: migrate\n    run: [true]\n    timeout: 86400\n",
+        expect![
+            "app/deploy.yaml: post_install[0].timeout: timeout 86400 is outside 1..=3600 seconds (CodeDeploy's limit for a hook) at line 5 column 14"
+        ],
+    );
+}
+
+#[test]
+fn fractional_and_whole_seconds_still_parse() {
+    let text =
+        "app: api\nhypercorn:\n  graceful_timeout: 3600\n  keep_alive_timeout: 0.5\n  shutdown_timeout: 0\n";
+    let config = DeployConfig::parse(Path::new("deploy.yaml"), text).unwrap();
+    assert_eq!(config.hypercorn.graceful_timeout.get(), 3600.0);
+    assert_eq!(config.hypercorn.keep_alive_timeout.map(|s| s.get()), Some(0.5));
+}
+
+/// release.yaml is held to deploy.yaml's rules: an edit after bundling gets the same errors.
+#[test]
+fn release_yaml_gets_the_same_validation() {
+    let config = DeployConfig::parse(
+        Path::new("deploy.yaml"),
+        "app: api\npost_install:\n  - name: migrate\n    run: [python, manage.py, migrate]\n",
+    )
+    .unwrap();
+    let good = config.resolve(b"flask==3.0.0\n", "x86_64", None).to_yaml();
+    let parse = |text: &str| Release::parse(Path::new("deploy/release.yaml"), text).map(|_| ());
+    parse(&good).unwrap();
+    let tampered = |from: &str, to: &str| {
+        assert!(good.contains(from), "{from} not in {good}");
+        parse(&good.replacen(from, to, 1)).unwrap_err().to_string()
+    };
+    expect!["deploy/release.yaml: post_install[0].run: the command is empty: give the program and its arguments, like [python, manage.py, migrate] at line 25 column 15"].assert_eq(&tampered(r#""run": ["#, r#""run": [], "was": ["#));
+    expect!["deploy/release.yaml: health.deadline: 0 is below 1 at line 19 column 17"]
+        .assert_eq(&tampered(r#""deadline": 60"#, r#""deadline": 0"#));
+    expect!["deploy/release.yaml: keep_releases: 0 is below 2 at line 12 column 20"]
+        .assert_eq(&tampered(r#""keep_releases": 5"#, r#""keep_releases": 0"#));
+    expect!["deploy/release.yaml: post_install[0].timeout: timeout 0 is outside 1..=3600 seconds (CodeDeploy's limit for a hook) at line 30 column 18"].assert_eq(&tampered(r#""timeout": 300"#, r#""timeout": 0"#));
+    expect![[r#"deploy/release.yaml: venv_key: "../../etc/v-caa56ed8bffb5479" is not a venv key (v- and 16 lowercase hex digits) at line 11 column 44"#]].assert_eq(&tampered(r#""venv_key": "v-"#, r#""venv_key": "../../etc/v-"#));
+    expect!["deploy/release.yaml: shared_files: .env is where the release puts its own .env; create shared/.env on the instance instead: the release links to it"].assert_eq(&tampered(r#""shared_files": []"#, r#""shared_files": [".env"]"#));
+}
+
+#[test]
+fn release_yaml_errors_name_the_key() {
+    let config = DeployConfig::parse(Path::new("deploy.yaml"), "app: api\n").unwrap();
+    let good = config.resolve(b"", "x86_64", None).to_yaml();
+    let err = |from: &str, to: &str| {
+        assert!(good.contains(from), "{from} not in {good}");
+        Release::parse(Path::new("deploy/release.yaml"), &good.replacen(from, to, 1)).unwrap_err().to_string()
+    };
+    expect![[r#"deploy/release.yaml: health.url: "ftp://x": only http:// health URLs are supported at line 17 column 20"#]]
+        .assert_eq(&err(r#""url": "http://127.0.0.1:8000/healthz""#, r#""url": "ftp://x""#));
+    expect!["deploy/release.yaml: surprise: unknown field `surprise`, expected one of `schema`, `app`, `user`, `group`, `app_root`, `unit`, `python`, `installer`, `arch`, `venv_key`, `keep_releases`, `shared_files`, `shared_dirs`, `stop_on_application_stop`, `health`, `post_install`, `timeouts` at line 2 column 12"]
+        .assert_eq(&err(r#""schema": 1,"#, r#""surprise": 1, "schema": 1,"#));
+    expect![[r#"deploy/release.yaml: shared_dirs[1]: "a/../b" must be a relative path without '.', '..' or empty parts at line 14 column 32"#]].assert_eq(&err(r#""shared_dirs": []"#, r#""shared_dirs": ["ok", "a/../b"]"#));
+    expect![[r#"deploy/release.yaml: timeouts.after_install: invalid type: string "soon", expected a whole number of seconds at line 26 column 27"#]].assert_eq(&err(r#""after_install": 1200"#, r#""after_install": "soon""#));
+    expect![[r#"deploy/release.yaml: [0]: invalid type: string "schema", expected u32 at line 2 column 10"#]]
+        .assert_eq(&err("{", "["));
+    expect![[r#"deploy/release.yaml: app: "a\"pi" is not an app name (letters, digits, '-', '_', '.'; at most 64) at line 3 column 16"#]].assert_eq(&err(r#""app": "api""#, r#""app": "a\"pi""#));
 }

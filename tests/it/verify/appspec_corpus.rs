@@ -258,6 +258,11 @@ fn cases() -> Vec<(String, String, Vec<&'static str>)> {
             ["T:appspec.timeout"]
         ),
         case!(
+            "timeout sexagesimal past any integer type",
+            "hooks:\n  AfterInstall:\n  - location: bin/h\n    timeout: 99999999999999999999999999999999999999999:00\n",
+            ["E:appspec.timeout"]
+        ),
+        case!(
             "timeout yes",
             "hooks:\n  AfterInstall:\n  - location: bin/h\n    timeout: yes\n",
             ["E:appspec.timeout", "W:yaml.bool"]
@@ -515,4 +520,15 @@ fn agent_messages_and_positions() {
         v.findings[0].message,
         "The deployment failed because the application specification file specifies only a source file (app). Add the name of the destination file to the files section of the AppSpec file, and then try again."
     );
+}
+
+/// Found by fuzzing (fuzz/fuzz_targets/appspec.rs, whose check counted only `\n`): a lone
+/// carriage return is a YAML line break, for Psych as for our reader, so a finding's line counts
+/// it and agrees with the line in Psych's own message.
+#[test]
+fn lone_carriage_returns_are_line_breaks_in_positions() {
+    let v = validate("version: 0.0\nos: linux\nhooks:\n  ApplicationStop:\n    - \r\r\rlocation: a: b\n");
+    let f = v.findings.iter().find(|f| f.rule == "yaml.syntax").expect("a syntax error");
+    assert_eq!((f.line, f.col), (Some(8), Some(12)), "{f:?}");
+    assert!(f.message.contains("at line 8 column 12"), "{f:?}");
 }
