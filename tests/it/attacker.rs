@@ -187,10 +187,13 @@ struct Target {
 
 impl Drop for Target {
     fn drop(&mut self) {
-        // Whatever the process manager started, under the old layout or the new one.
-        for pidfile in
-            [self.sandbox.state_dir().join("service.pid"), self.sandbox.app_root().join("service.pid")]
-        {
+        // Whatever the process manager started, under the old layout or the new one, and the
+        // socket holder that keeps the fixture's port (socket activation).
+        for pidfile in [
+            self.sandbox.state_dir().join("service.pid"),
+            self.sandbox.app_root().join("service.pid"),
+            self.sandbox.state_dir().join("listen.pid"),
+        ] {
             if let Ok(text) = fs::read_to_string(pidfile)
                 && let Some(pid) = text.split(' ').next().and_then(|p| p.parse::<i32>().ok())
                 && pid > 1

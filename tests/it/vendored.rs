@@ -57,7 +57,7 @@ fn installs_the_bundled_wheels_with_the_bundled_uv_and_no_index() {
     assert!(out.status.success(), "{}", describe(&out));
     let verdict = last_line(&out);
     assert!(verdict.contains("venv built with uv"), "{verdict}");
-    let log = fs::read_dir(sandbox.app_root().join("logs")).unwrap().next().unwrap().unwrap().path();
+    let log = fs::read_dir(sandbox.state_dir().join("logs")).unwrap().next().unwrap().unwrap().path();
     let log = fs::read_to_string(log).unwrap();
     assert!(log.contains("markupsafe==3.0.3"), "uv's log names what it installed:\n{log}");
 
@@ -72,13 +72,14 @@ fn installs_the_bundled_wheels_with_the_bundled_uv_and_no_index() {
 }
 
 #[test]
-fn falls_back_to_pip_with_the_same_wheels_when_the_app_user_cannot_run_uv() {
+fn falls_back_to_pip_with_the_same_wheels_when_the_build_identity_cannot_run_uv() {
     let port = free_port();
     let (dir, app) = example_variant(port, &[]).unwrap();
     let bundle = build_bundle(&app, &dir.path().join("a"), &[]).unwrap();
     let sandbox = Sandbox::new().unwrap();
     let archive = sandbox.extract(&bundle, "d-NOUV00001").unwrap();
-    // Root may run it, the app user may not (a uv under a private directory, as on some hosts).
+    // Root may run it, the build identity (nobody) may not (a uv under a private directory, as
+    // on some hosts).
     fs::set_permissions(archive.join("bin/uv"), fs::Permissions::from_mode(0o700)).unwrap();
     let out = run_offline(&sandbox, &archive, "AfterInstall", "d-NOUV00001");
     assert!(out.status.success(), "{}", describe(&out));
@@ -96,7 +97,7 @@ fn falls_back_to_pip_with_the_same_wheels_when_the_app_user_cannot_run_uv() {
     let out = run_offline(&sandbox, &archive, "AfterInstall", "d-NOUV00002");
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
-        last_line(&out).contains("deploy.yaml asks for installer: uv, but uid 1500 cannot run"),
+        last_line(&out).contains("deploy.yaml asks for installer: uv, but uid 65534 cannot run"),
         "{}",
         describe(&out)
     );
