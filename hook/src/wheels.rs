@@ -162,8 +162,8 @@ pub fn check_fit(
     Ok(format!("{} wheels fit {interp}", names.len()))
 }
 
-/// Whether the app user can run `uv`: runs `uv --version` as that user. The reason why not is
-/// what the fallback to pip says.
+/// Whether `ids` (the build identity, which runs the installers) can run `uv`: runs
+/// `uv --version` as that user. The reason why not is what the fallback to pip says.
 pub fn runnable_uv(uv: &Path, ids: Option<Ids>) -> Result<String, String> {
     let mut cmd = Command::new(uv);
     cmd.arg("--version")
@@ -189,7 +189,7 @@ pub fn runnable_uv(uv: &Path, ids: Option<Ids>) -> Result<String, String> {
 }
 
 /// Which uv to use for `installer` settings that allow it: the revision's `bin/uv` when it
-/// ships one, else one on PATH; only if the app user can run it. `Err` says why not.
+/// ships one, else one on PATH; only if `ids` (the build identity) can run it. `Err` says why not.
 pub fn pick_uv(archive: Option<&Path>, ids: Option<Ids>) -> Result<PathBuf, String> {
     let candidate = archive
         .map(|dir| dir.join(layout::UV))
