@@ -264,14 +264,14 @@ fn release_yaml_gets_the_same_validation() {
         assert!(good.contains(from), "{from} not in {good}");
         parse(&good.replacen(from, to, 1)).unwrap_err().to_string()
     };
-    expect!["deploy/release.yaml: post_install[0].run: the command is empty: give the program and its arguments, like [python, manage.py, migrate] at line 25 column 15"].assert_eq(&tampered(r#""run": ["#, r#""run": [], "was": ["#));
-    expect!["deploy/release.yaml: health.deadline: 0 is below 1 at line 19 column 17"]
+    expect!["deploy/release.yaml: post_install[0].run: the command is empty: give the program and its arguments, like [python, manage.py, migrate] at line 27 column 15"].assert_eq(&tampered(r#""run": ["#, r#""run": [], "was": ["#));
+    expect!["deploy/release.yaml: health.deadline: 0 is below 1 at line 21 column 17"]
         .assert_eq(&tampered(r#""deadline": 60"#, r#""deadline": 0"#));
-    expect!["deploy/release.yaml: keep_releases: 0 is below 2 at line 12 column 20"]
+    expect!["deploy/release.yaml: keep_releases: 0 is below 2 at line 13 column 20"]
         .assert_eq(&tampered(r#""keep_releases": 5"#, r#""keep_releases": 0"#));
-    expect!["deploy/release.yaml: post_install[0].timeout: timeout 0 is outside 1..=3600 seconds (CodeDeploy's limit for a hook) at line 30 column 18"].assert_eq(&tampered(r#""timeout": 300"#, r#""timeout": 0"#));
-    expect![[r#"deploy/release.yaml: venv_key: "../../etc/v-caa56ed8bffb5479" is not a venv key (v- and 16 lowercase hex digits) at line 11 column 44"#]].assert_eq(&tampered(r#""venv_key": "v-"#, r#""venv_key": "../../etc/v-"#));
-    expect!["deploy/release.yaml: shared_files: .env is where the release puts its own .env; create shared/.env on the instance instead: the release links to it"].assert_eq(&tampered(r#""shared_files": []"#, r#""shared_files": [".env"]"#));
+    expect!["deploy/release.yaml: post_install[0].timeout: timeout 0 is outside 1..=3600 seconds (CodeDeploy's limit for a hook) at line 32 column 18"].assert_eq(&tampered(r#""timeout": 300"#, r#""timeout": 0"#));
+    expect![[r#"deploy/release.yaml: venv_key: "../../etc/v-304cc45b4b18f52a" is not a venv key (v- and 16 lowercase hex digits) at line 11 column 44"#]].assert_eq(&tampered(r#""venv_key": "v-"#, r#""venv_key": "../../etc/v-"#));
+    expect!["deploy/release.yaml: shared_files: .env is where the release puts its own .env; the service's environment file is /var/lib/deploy-hook/<app>/service.env on the instance, root's, seeded from env_sample"].assert_eq(&tampered(r#""shared_files": []"#, r#""shared_files": [".env"]"#));
 }
 
 #[test]
@@ -282,12 +282,12 @@ fn release_yaml_errors_name_the_key() {
         assert!(good.contains(from), "{from} not in {good}");
         Release::parse(Path::new("deploy/release.yaml"), &good.replacen(from, to, 1)).unwrap_err().to_string()
     };
-    expect![[r#"deploy/release.yaml: health.url: "ftp://x": only http:// health URLs are supported at line 17 column 20"#]]
+    expect![[r#"deploy/release.yaml: health.url: "ftp://x": only http:// health URLs are supported at line 19 column 20"#]]
         .assert_eq(&err(r#""url": "http://127.0.0.1:8000/healthz""#, r#""url": "ftp://x""#));
-    expect!["deploy/release.yaml: surprise: unknown field `surprise`, expected one of `schema`, `app`, `user`, `group`, `app_root`, `unit`, `python`, `installer`, `arch`, `venv_key`, `keep_releases`, `shared_files`, `shared_dirs`, `stop_on_application_stop`, `health`, `post_install`, `timeouts` at line 2 column 12"]
+    expect!["deploy/release.yaml: surprise: unknown field `surprise`, expected one of `schema`, `app`, `user`, `group`, `app_root`, `unit`, `python`, `installer`, `arch`, `venv_key`, `dependencies`, `wheels`, `keep_releases`, `shared_files`, `shared_dirs`, `stop_on_application_stop`, `socket_activation`, `health`, `post_install`, `timeouts` at line 2 column 12"]
         .assert_eq(&err(r#""schema": 1,"#, r#""surprise": 1, "schema": 1,"#));
-    expect![[r#"deploy/release.yaml: shared_dirs[1]: "a/../b" must be a relative path without '.', '..' or empty parts at line 14 column 32"#]].assert_eq(&err(r#""shared_dirs": []"#, r#""shared_dirs": ["ok", "a/../b"]"#));
-    expect![[r#"deploy/release.yaml: timeouts.after_install: invalid type: string "soon", expected a whole number of seconds at line 26 column 27"#]].assert_eq(&err(r#""after_install": 1200"#, r#""after_install": "soon""#));
+    expect![[r#"deploy/release.yaml: shared_dirs[1]: "a/../b" must be a relative path without '.', '..' or empty parts at line 15 column 32"#]].assert_eq(&err(r#""shared_dirs": []"#, r#""shared_dirs": ["ok", "a/../b"]"#));
+    expect![[r#"deploy/release.yaml: timeouts.after_install: invalid type: string "soon", expected a whole number of seconds at line 28 column 27"#]].assert_eq(&err(r#""after_install": 1200"#, r#""after_install": "soon""#));
     expect![[r#"deploy/release.yaml: [0]: invalid type: string "schema", expected u32 at line 2 column 10"#]]
         .assert_eq(&err("{", "["));
     expect![[r#"deploy/release.yaml: app: "a\"pi" is not an app name (letters, digits, '-', '_', '.'; at most 64) at line 3 column 16"#]].assert_eq(&err(r#""app": "api""#, r#""app": "a\"pi""#));
