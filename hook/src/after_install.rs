@@ -284,6 +284,9 @@ fn save_copies(store: &Store, revision: &Revision) -> anyhow::Result<()> {
 pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -> anyhow::Result<String> {
     let release = &revision.release;
     let rev = revision.id.as_str();
+    // Before anything is written anywhere: release.yaml names the app root that everything
+    // after this creates, locks and cleans.
+    let manifest = log.step("verify revision", |_| revision.verify())?;
     let store = log.step("resolve user and app root", |_| Store::open(&ctx.root, release))?;
     let holder =
         format!("pid {} (deployment {deployment_id}, AfterInstall, since {})", std::process::id(), now());
@@ -294,11 +297,6 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
             log.info(format!("removed {path}, left by an interrupted run"));
         }
         Ok(())
-    })?;
-    let manifest = log.step("verify revision", |_| {
-        let manifest = Manifest::parse(&revision.manifest_text)?;
-        manifest.verify_tree(&revision.dir)?;
-        Ok(manifest)
     })?;
     let journal = Journal::new(&store.state)?;
     let records = journal.read()?;

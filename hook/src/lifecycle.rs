@@ -71,6 +71,8 @@ fn mib(bytes: u64) -> String {
 /// crashed runs left.
 pub fn before_install(ctx: &Ctx, revision: &Revision, log: &mut Log) -> anyhow::Result<String> {
     let release = &revision.release;
+    // Before anything is written: release.yaml names the app root this cleans.
+    log.step("verify revision", |_| revision.verify())?;
     let ids = log.step("user and group", |_| {
         users::resolve(&ctx.root, release.user.as_str(), release.group.as_str())
     })?;

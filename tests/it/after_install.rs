@@ -268,6 +268,28 @@ fn a_tampered_archive_is_refused_naming_the_file() {
     assert!(sandbox.current().is_none());
 }
 
+#[test]
+fn an_altered_release_yaml_is_refused_before_anything_is_written() {
+    let sandbox = Sandbox::new().unwrap();
+    let archive = sandbox.extract(tests::example_bundle(), "d-ALTERYML1").unwrap();
+    // Another directory that looks like an app root with unfinished work in it: a run that
+    // trusted the altered app_root would clean it before checking the manifest.
+    let victim = sandbox.root.join("srv/victim");
+    fs::create_dir_all(victim.join("releases/.tmp-keep")).unwrap();
+    fs::write(victim.join("releases/.tmp-keep/data"), "not the hook's").unwrap();
+    let yaml = archive.join("deploy/release.yaml");
+    let text = fs::read_to_string(&yaml).unwrap();
+    assert!(text.contains("\"/home/snake/app\""), "{text}");
+    fs::write(&yaml, text.replace("\"/home/snake/app\"", "\"/srv/victim\"")).unwrap();
+    let out = sandbox.hook(&archive, "AfterInstall", "d-ALTERYML1").output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(last_line(&out).contains("deploy/release.yaml"), "{}", describe(&out));
+    assert!(victim.join("releases/.tmp-keep/data").is_file(), "the other directory was cleaned");
+    assert!(!victim.join("venvs").exists() && !victim.join("shared").exists(), "layout created");
+    assert!(!sandbox.state_dir().exists(), "the state directory was created");
+    assert!(!sandbox.app_root().exists(), "the app root was created");
+}
+
 /// Two revisions of one app whose venvs differ, so the second deploy builds a venv.
 fn two_revisions(dir: &Path, port: u16) -> (std::path::PathBuf, std::path::PathBuf) {
     let (_keep, app) = example_variant(port, &[("installer: auto", "installer: pip")]).unwrap();
