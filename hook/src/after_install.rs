@@ -147,6 +147,22 @@ fn stage_files(
     Ok(staged)
 }
 
+/// What a release directory lacks, if anything: its `REVISION` naming `revision`, the `.venv`
+/// link, or any file of the manifest (by name: a release only ever loses files).
+fn release_missing(dir: &Path, manifest: &Manifest, revision: &str) -> Option<String> {
+    match fs::read_to_string(dir.join("REVISION")) {
+        Ok(text) if text.trim() == revision => {}
+        _ => return Some("REVISION".into()),
+    }
+    let paths = manifest.entries.iter().filter_map(|e| release_path(&e.path));
+    for rel in [".venv".to_owned(), "deploy/MANIFEST".to_owned()].into_iter().chain(paths) {
+        if fs::symlink_metadata(dir.join(&rel)).is_err() {
+            return Some(rel);
+        }
+    }
+    None
+}
+
 /// `../` repeated for the depth of `rel`'s parent, then `../../shared/<rel>`.
 fn shared_link(rel: &str) -> String {
     let depth = rel.matches('/').count();
@@ -301,8 +317,15 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
     let journal = Journal::new(&store.state)?;
     let records = journal.read()?;
     let release_dir = store.release(rev)?;
-    let known = matches!(states(&records).get(rev), Some(State::Ready | State::Live | State::Bad))
+    let recorded = matches!(states(&records).get(rev), Some(State::Ready | State::Live | State::Bad))
         && store.has_release(rev);
+    let missing = if recorded { release_missing(&release_dir, &manifest, rev) } else { None };
+    if let Some(what) = &missing {
+        log.info(format!(
+            "release {rev} is recorded as built but is incomplete ({what}), as a removal cut short leaves it: building it again"
+        ));
+    }
+    let known = recorded && missing.is_none();
     let logs_file = store.state.path.join("logs").join(format!("{deployment_id}.log"));
     log.step("environment file", |log| {
         let sample = fsx::read_trusted(&revision.dir.join(layout::SAMPLE_ENV), READ_CAP)?;
@@ -320,21 +343,20 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
     if known {
         log.info(format!("release {rev} is already built: a flip, not a rebuild"));
         venv_note = "flip";
-        if !release_dir.join(".venv/bin/python").exists() {
-            // Its venv was removed by hand: build that again, keep the release as it is.
-            log.step("python environment", |log| {
-                let requirements = fsx::read_trusted(&release_dir.join(layout::REQUIREMENTS), READ_CAP)?;
-                venv::ensure(
-                    &store,
-                    release,
-                    &requirements,
-                    &requirements_shown(rev),
-                    &revision.dir,
-                    &logs_file,
-                    log,
-                )
-            })?;
-        }
+        // Its venv is reused only when complete (it may have been removed by hand or cut
+        // short): else built again, keeping the release as it is.
+        log.step("python environment", |log| {
+            let requirements = fsx::read_trusted(&release_dir.join(layout::REQUIREMENTS), READ_CAP)?;
+            venv::ensure(
+                &store,
+                release,
+                &requirements,
+                &requirements_shown(rev),
+                &revision.dir,
+                &logs_file,
+                log,
+            )
+        })?;
     } else {
         let releases = store.dir.sub_owned("releases", store.me.uid)?;
         // Renamed into place but never recorded: a crash between the two. Build it again.

@@ -74,10 +74,11 @@ impl Log {
     }
 }
 
-/// Crash testing: when `DEPLOY_HOOK_FAILPOINT` names this step, the hook kills itself with
-/// SIGKILL right before it, exactly as `kill -9` would. Tests use it to prove that every step
-/// boundary is a safe place to die.
-fn failpoint(step: &str) {
+/// Crash testing: when `DEPLOY_HOOK_FAILPOINT` names this step (or this point inside a step),
+/// the hook kills itself with SIGKILL there, exactly as `kill -9` would. Tests use it to prove
+/// that every step boundary, and every point between two writes inside a step, is a safe place
+/// to die.
+pub fn failpoint(step: &str) {
     if std::env::var("DEPLOY_HOOK_FAILPOINT").is_ok_and(|it| it == step) {
         // SAFETY: raising a signal has no preconditions.
         unsafe { libc::raise(libc::SIGKILL) };

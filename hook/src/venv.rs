@@ -112,7 +112,15 @@ pub fn ensure(
     if let Ok(done) = venvs.sub_owned(&key, store.me.uid)
         && let Some(marker) = done.read(VENV_COMPLETE, 64 << 10)?
     {
+        // A venv whose removal was cut short by an older deploy-hook may keep its marker.
+        let missing = ["bin/python", "pyvenv.cfg"]
+            .into_iter()
+            .find(|part| !store.venvs().join(&key).join(part).exists());
         match wheels::recorded_identity(&String::from_utf8_lossy(&marker)) {
+            _ if missing.is_some() => log.info(format!(
+                "venv {key} is marked complete but has no {}: building it again",
+                missing.unwrap_or_default()
+            )),
             Some(built_by) if built_by == probed.identity => return Ok(Outcome::Reused),
             Some(built_by) => log.info(format!(
                 "venv {key} was built by {built_by}, but {} is now {}: building it again",

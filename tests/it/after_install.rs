@@ -290,6 +290,112 @@ fn an_altered_release_yaml_is_refused_before_anything_is_written() {
     assert!(!sandbox.app_root().exists(), "the app root was created");
 }
 
+#[test]
+fn a_half_removed_release_or_venv_is_rebuilt_not_reused() {
+    let port = free_port();
+    let (dir, app) = example_variant(port, &[]).unwrap();
+    let bundle_a = build_bundle(&app, &dir.path().join("a"), &[]).unwrap();
+    edit_file(&app, "src/app.py", "hello", "hello B");
+    let bundle_b = build_bundle(&app, &dir.path().join("b"), &[]).unwrap();
+    let sandbox = Sandbox::new().unwrap();
+    assert_ok(&sandbox.after_install(&bundle_a, "d-HALFREL01").unwrap());
+    let rev_a = sandbox.current().unwrap();
+    assert_ok(&sandbox.after_install(&bundle_b, "d-HALFREL02").unwrap());
+    let rev_b = sandbox.current().unwrap();
+    // What a removal cut short by a kill leaves: A is still `ready`/`live` in the journal, but
+    // some of its files are gone.
+    let release_a = sandbox.app_root().join("releases").join(&rev_a);
+    fs::remove_file(release_a.join("app.py")).unwrap();
+    let out = sandbox.after_install(&bundle_a, "d-HALFREL03").unwrap();
+    assert_ok(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("is incomplete (app.py)"), "{}", describe(&out));
+    assert!(stdout.contains("stage release ok"), "{}", describe(&out));
+    assert_eq!(sandbox.current().as_deref(), Some(rev_a.as_str()));
+    assert!(sandbox.app_root().join("current/app.py").is_file(), "current is on a half-removed release");
+    // A venv that kept its marker but lost its interpreter is built again, not reused.
+    let venvs = sandbox.listing("venvs");
+    assert_eq!(venvs.len(), 1, "{venvs:?}");
+    let venv = sandbox.app_root().join("venvs").join(&venvs[0]);
+    assert!(venv.join(".deploy-complete").is_file());
+    fs::remove_file(venv.join("bin/python")).unwrap();
+    let out = sandbox.after_install(&bundle_b, "d-HALFREL04").unwrap();
+    assert_ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("has no bin/python: building it again"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(sandbox.current().as_deref(), Some(rev_b.as_str()));
+    assert!(sandbox.app_root().join("current/.venv/bin/python").exists());
+    assert_nothing_half_built(&sandbox);
+}
+
+/// `current` is on a release whose files are all there, with its venv complete.
+fn assert_current_complete(sandbox: &Sandbox, context: &str) -> String {
+    let current = sandbox.current().unwrap_or_else(|| panic!("{context}: no current"));
+    let release = sandbox.app_root().join("releases").join(&current);
+    let revision = fs::read_to_string(release.join("REVISION")).unwrap_or_default();
+    assert_eq!(revision.trim(), current, "{context}: REVISION of the live release");
+    assert!(release.join("app.py").is_file(), "{context}: {current} lost app.py");
+    assert!(release.join(".venv/.deploy-complete").is_file(), "{context}: {current}'s venv is incomplete");
+    assert!(release.join(".venv/bin/python").exists(), "{context}: {current}'s venv has no python");
+    current
+}
+
+#[test]
+fn killed_inside_prune_then_a_rerun_completes() {
+    use std::os::unix::process::ExitStatusExt;
+    let port = free_port();
+    let (dir, app) = example_variant(port, &[("keep_releases: 5", "keep_releases: 2")]).unwrap();
+    let sandbox = Sandbox::new().unwrap();
+    let mut n = 0;
+    let mut next_bundle = |app: &Path| {
+        n += 1;
+        edit_file(app, "src/app.py", "hello", &format!("hello {n}"));
+        build_bundle(app, &dir.path().join(n.to_string()), &[]).unwrap()
+    };
+    for id in ["d-PRUNEKIL1", "d-PRUNEKIL2"] {
+        assert_ok(&sandbox.after_install(&next_bundle(&app), id).unwrap());
+    }
+    let points = [
+        "prune: release invalidated",
+        "prune: release recorded",
+        "prune: release removed",
+        "prune: venv invalidated",
+        "prune: venv removed",
+    ];
+    for (i, point) in points.into_iter().enumerate() {
+        // An unused venv for prune to remove, as a dependency change leaves one.
+        let unused = sandbox.app_root().join("venvs/0000unused");
+        fs::create_dir_all(unused.join("bin")).unwrap();
+        fs::write(unused.join("bin/python"), "").unwrap();
+        fs::write(unused.join(".deploy-complete"), "installer=pip\n").unwrap();
+        let id = format!("d-PRUNEKIL{}", i + 3);
+        let archive = sandbox.extract(&next_bundle(&app), &id).unwrap();
+        let out =
+            sandbox.hook(&archive, "AfterInstall", &id).env("DEPLOY_HOOK_FAILPOINT", point).output().unwrap();
+        assert_eq!(out.status.signal(), Some(9), "killed at {point}\n{}", describe(&out));
+        let current = assert_current_complete(&sandbox, point);
+        let _ = sandbox.journal();
+        // No release is left half removed under its own name.
+        for name in sandbox.listing("releases").into_iter().filter(|n| n.starts_with("r-")) {
+            let release = sandbox.app_root().join("releases").join(&name);
+            assert!(
+                release.join("REVISION").is_file() && release.join("app.py").is_file(),
+                "{point}: {name}"
+            );
+        }
+        let out = sandbox.hook(&archive, "AfterInstall", &id).output().unwrap();
+        assert_ok(&out);
+        assert_eq!(assert_current_complete(&sandbox, point), current);
+        assert_nothing_half_built(&sandbox);
+        assert!(!unused.exists(), "{point}: the unused venv is still there");
+        let releases = sandbox.listing("releases");
+        assert_eq!(releases.len(), 2, "{point}: {releases:?}");
+    }
+}
+
 /// Two revisions of one app whose venvs differ, so the second deploy builds a venv.
 fn two_revisions(dir: &Path, port: u16) -> (std::path::PathBuf, std::path::PathBuf) {
     let (_keep, app) = example_variant(port, &[("installer: auto", "installer: pip")]).unwrap();
