@@ -155,12 +155,10 @@ fn release_missing(dir: &Path, manifest: &Manifest, revision: &str) -> Option<St
         _ => return Some("REVISION".into()),
     }
     let paths = manifest.entries.iter().filter_map(|e| release_path(&e.path));
-    for rel in [".venv".to_owned(), "deploy/MANIFEST".to_owned()].into_iter().chain(paths) {
-        if fs::symlink_metadata(dir.join(&rel)).is_err() {
-            return Some(rel);
-        }
-    }
-    None
+    [".venv".to_owned(), "deploy/MANIFEST".to_owned()]
+        .into_iter()
+        .chain(paths)
+        .find(|rel| fs::symlink_metadata(dir.join(rel)).is_err())
 }
 
 /// `../` repeated for the depth of `rel`'s parent, then `../../shared/<rel>`.
