@@ -307,7 +307,12 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
     let _lock = log.step("lock", |log| Lock::acquire(&store, &holder, lock_wait(), &|m| log.info(m)))?;
     log.step("prepare app root", |log| store.ensure_layout(&|m| log.info(m)))?;
     log.step("clean unfinished", |log| {
-        for path in store.clean_unfinished()? {
+        let service = ctx.service(release, &store);
+        let unit_dir = service.unit_file.parent().context("a unit file has a directory")?;
+        let mut removed = store.clean_unfinished()?;
+        removed
+            .extend(crate::store::remove_temporaries(unit_dir, &[release.unit.as_str(), &service.socket])?);
+        for path in removed {
             log.info(format!("removed {path}, left by an interrupted run"));
         }
         Ok(())

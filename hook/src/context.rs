@@ -99,6 +99,7 @@ impl Ctx {
             socket_activation: release.socket_activation,
             socket_file: self.host("/etc/systemd/system").join(&socket_name),
             socket_changed: self.host("/run/deploy-hook").join(format!("{socket_name}.changed")),
+            reload_pending: self.host("/run/deploy-hook").join(format!("{unit}.reload-pending")),
             socket: socket_name,
             supervisor: Supervisor { root: self.root.clone(), state: store.state.path.clone() },
         }

@@ -396,6 +396,84 @@ fn killed_inside_prune_then_a_rerun_completes() {
     }
 }
 
+#[test]
+fn killed_between_writes_then_a_rerun_reloads_and_removes_temporaries() {
+    use std::os::unix::process::ExitStatusExt;
+    let port = free_port();
+    let (dir, app) = example_variant(port, &[]).unwrap();
+    let sandbox = Sandbox::new().unwrap();
+    let unit_dir = sandbox.root.join("etc/systemd/system");
+    let temporaries = |dir: &Path| -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp-"))
+            .collect();
+        names.sort();
+        names
+    };
+    let mut n = 0;
+    let mut next = |app: &Path, edits: &[(&str, &str)]| {
+        n += 1;
+        for (from, to) in edits {
+            edit_file(app, "deploy.yaml", from, to);
+        }
+        edit_file(app, "src/app.py", "hello", &format!("hello {n}"));
+        let id = format!("d-WRITEKIL{n}");
+        (sandbox.extract(&build_bundle(app, &dir.path().join(n.to_string()), &[]).unwrap(), &id).unwrap(), id)
+    };
+    let (archive, id) = next(&app, &[]);
+    assert_ok(&sandbox.hook(&archive, "AfterInstall", &id).output().unwrap());
+    let kill = |archive: &Path, id: &str, point: &str| {
+        let out =
+            sandbox.hook(archive, "AfterInstall", id).env("DEPLOY_HOOK_FAILPOINT", point).output().unwrap();
+        assert_eq!(out.status.signal(), Some(9), "killed at {point}\n{}", describe(&out));
+        assert_current_complete(&sandbox, point);
+        let _ = sandbox.journal();
+    };
+    // The dependencies change (another installer, another venv), so the unit changes; killed
+    // between writing it and reloading systemd. The unit file is the new one already, so only a
+    // record of the owed reload makes the next run reload.
+    let (archive, id) = next(&app, &[("installer: auto", "installer: pip")]);
+    kill(&archive, &id, "unit: written");
+    let out = sandbox.hook(&archive, "AfterInstall", &id).output().unwrap();
+    assert_ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("would run systemctl daemon-reload"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!sandbox.root.join(format!("run/deploy-hook/{UNIT}.reload-pending")).exists());
+    // Killed between writing the unit's temporary file and renaming it.
+    let (archive, id) = next(&app, &[("installer: pip", "installer: auto")]);
+    kill(&archive, &id, &format!("before rename system/{UNIT}"));
+    assert_eq!(temporaries(&unit_dir).len(), 1, "{:?}", temporaries(&unit_dir));
+    assert_ok(&sandbox.hook(&archive, "AfterInstall", &id).output().unwrap());
+    assert_eq!(temporaries(&unit_dir), Vec::<String>::new());
+    let current = sandbox.app_root().join("releases").join(sandbox.current().unwrap());
+    assert_eq!(fs::read(unit_dir.join(UNIT)).unwrap(), fs::read(current.join("configs").join(UNIT)).unwrap());
+    // Killed between making `current`'s new link and renaming it over `current`.
+    let before = sandbox.current().unwrap();
+    let (archive, id) = next(&app, &[]);
+    kill(&archive, &id, "before rename current");
+    assert_eq!(sandbox.current().unwrap(), before);
+    assert_eq!(temporaries(&sandbox.app_root()).len(), 1, "{:?}", temporaries(&sandbox.app_root()));
+    // Killed between writing a root copy and renaming it, in the state directory.
+    kill(&archive, &id, "before rename MANIFEST");
+    let copies = sandbox.state_dir().join("releases");
+    let state_temporaries = || -> Vec<String> {
+        let mut dirs = vec![sandbox.state_dir()];
+        dirs.extend(fs::read_dir(&copies).unwrap().map(|e| e.unwrap().path()));
+        dirs.iter().flat_map(|d| temporaries(d)).collect()
+    };
+    assert_eq!(state_temporaries().len(), 1, "{:?}", state_temporaries());
+    assert_ok(&sandbox.hook(&archive, "AfterInstall", &id).output().unwrap());
+    assert_ne!(sandbox.current().unwrap(), before);
+    assert_eq!(temporaries(&sandbox.app_root()), Vec::<String>::new());
+    assert_eq!(state_temporaries(), Vec::<String>::new());
+    assert_nothing_half_built(&sandbox);
+}
+
 /// Two revisions of one app whose venvs differ, so the second deploy builds a venv.
 fn two_revisions(dir: &Path, port: u16) -> (std::path::PathBuf, std::path::PathBuf) {
     let (_keep, app) = example_variant(port, &[("installer: auto", "installer: pip")]).unwrap();
