@@ -170,7 +170,18 @@ fn release_of(store: &Store, revision: &str) -> anyhow::Result<Release> {
 }
 
 /// Points the host at `target`: its unit, `current`, a restart, then its health check.
-fn switch_to(ctx: &Ctx, store: &Store, target: &str, log: &mut Log) -> anyhow::Result<()> {
+/// Installs `target`'s unit, points `current` at it, restarts and checks it. Every switch is
+/// recorded the moment `current` moves (`live`, as `record` says), and a restart or health
+/// check that then fails is recorded too (`bad`, naming that `current` is on it), so the journal
+/// always names what is live.
+fn switch_to(
+    ctx: &Ctx,
+    store: &Store,
+    target: &str,
+    journal: &Journal,
+    record: Record,
+    log: &mut Log,
+) -> anyhow::Result<()> {
     let release = release_of(store, target)?;
     let service = ctx.service(&release, store);
     log.step("install unit", |log| {
@@ -189,9 +200,18 @@ fn switch_to(ctx: &Ctx, store: &Store, target: &str, log: &mut Log) -> anyhow::R
         unit::install(&service, &wanted, socket.as_deref(), log)
     })?;
     log.step("switch current", |log| store.switch_current(target, &|m| log.info(m)))?;
-    log.step("restart", |log| service.restart(log))?;
-    log.step("health check", |log| health::wait_healthy(&release.health, log))?;
-    Ok(())
+    let (deployment_id, event) = (record.deployment_id.clone(), record.event.clone());
+    journal.append(&record)?;
+    let checked = log
+        .step("restart", |log| service.restart(log))
+        .and_then(|()| log.step("health check", |log| health::wait_healthy(&release.health, log)).map(drop));
+    if let Err(err) = &checked {
+        journal.append(
+            &Record::new(&deployment_id, target, &event, State::Bad)
+                .message(format!("{err:#}; current is on {target}")),
+        )?;
+    }
+    checked
 }
 
 /// The newest release that went live, is good and is on disk, other than `not`.
@@ -244,14 +264,10 @@ pub fn validate_service(
         bail!("{cause}; {current} marked bad, and there is no previous good release to return to");
     };
     log.info(format!("returning to {previous}"));
-    match switch_to(ctx, &store, &previous, log) {
-        Ok(()) => {
-            let message = format!("reverted from {current}");
-            journal.append(
-                &Record::new(deployment_id, &previous, "ValidateService", State::Live).message(message),
-            )?;
-            Err(format_err!("{cause}; back on {previous} (healthy), {current} marked bad"))
-        }
+    let record = Record::new(deployment_id, &previous, "ValidateService", State::Live)
+        .message(format!("reverted from {current}"));
+    match switch_to(ctx, &store, &previous, &journal, record, log) {
+        Ok(()) => Err(format_err!("{cause}; back on {previous} (healthy), {current} marked bad")),
         Err(err) => {
             Err(format_err!("{cause}; {current} marked bad; returning to {previous} failed too: {err:#}"))
         }
@@ -295,12 +311,11 @@ pub fn rollback(
     if current.as_deref() == Some(target.as_str()) {
         return Ok(format!("rollback ok: {target} is already current"));
     }
-    switch_to(ctx, &store, &target, log)?;
     let mut record = Record::new("manual", &target, "Rollback", State::Live);
     if let Some(c) = &current {
         record = record.message(format!("rolled back from {c}"));
     }
-    journal.append(&record)?;
+    switch_to(ctx, &store, &target, &journal, record, log)?;
     Ok(format!("rollback ok: {target} live and healthy (was {})", current.as_deref().unwrap_or("none")))
 }
 

@@ -167,6 +167,26 @@ fn health_gate_reverts_and_rollback_and_status_tell_the_story() {
         releases.contains(&rev_a) && releases.contains(&rev_b) && releases.contains(&rev_c),
         "{releases:?}"
     );
+
+    // A forced rollback onto the bad release switches, then fails its health check: the switch
+    // and the failure are both recorded, and status names what is live.
+    let forced = hook(&["rollback", "--to", &rev_c, "--force"]);
+    assert_eq!(forced.status.code(), Some(1), "{}", describe(&forced));
+    assert_eq!(sandbox.current().as_deref(), Some(rev_c.as_str()));
+    let journal = sandbox.journal();
+    let tail: Vec<(&str, &str)> = journal[journal.len() - 2..]
+        .iter()
+        .map(|r| (r["revision"].as_str().unwrap(), r["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(tail, [(rev_c.as_str(), "live"), (rev_c.as_str(), "bad")], "{journal:#?}");
+    assert_eq!(journal[journal.len() - 2]["message"], format!("rolled back from {rev_a}"));
+    assert!(
+        journal[journal.len() - 1]["message"].as_str().unwrap().contains("current is on"),
+        "{journal:#?}"
+    );
+    let status = hook(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["current"], rev_c.as_str());
 }
 
 #[test]
