@@ -475,7 +475,19 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
         if let Some(p) = previous.as_deref().filter(|p| *p != rev) {
             live = live.message(format!("previous {p}"));
         }
-        journal.append(&live)?;
+        if let Err(err) = journal.append(&live) {
+            // The journal must say what `current` is on: when it cannot say the switch
+            // happened (a full disk), the switch is undone.
+            return Err(match switched.then(|| undo_switch(ctx, &store, previous.as_deref(), log)) {
+                None | Some(Ok(())) => err.context(format!(
+                    "cannot record {rev} as live; current is back on {}",
+                    previous.as_deref().unwrap_or("no release")
+                )),
+                Some(Err(back)) => err.context(format!(
+                    "cannot record {rev} as live, and going back failed too ({back:#}); current is on {rev}"
+                )),
+            });
+        }
     }
     if let Err(err) = log.step("prune", |log| prune::prune(&store, &journal, release.keep_releases, log)) {
         log.info(format!("warning: pruning failed, the deploy stands: {err:#}"));
@@ -494,6 +506,21 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
             "after-install ok: revision {rev} live (deployment {deployment_id}) in {secs:.1}s, {venv_note}{from}"
         )
     })
+}
+
+/// Puts `current` and the unit back on `previous` (or removes `current` when there was none).
+fn undo_switch(ctx: &Ctx, store: &Store, previous: Option<&str>, log: &Log) -> anyhow::Result<()> {
+    match previous {
+        Some(p) => {
+            crate::lifecycle::install_unit_of(ctx, store, p, log)?;
+            store.switch_current(p, &|m| log.info(m))?;
+        }
+        None => {
+            store.dir.remove("current")?;
+            store.dir.fsync()?;
+        }
+    }
+    Ok(())
 }
 
 fn record(deployment_id: &str, rev: &str, state: State, log: &Log, release: &Release) -> Record {

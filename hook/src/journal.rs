@@ -116,7 +116,7 @@ impl Journal {
                 line.insert(0, '\n');
             }
         }
-        file.write_all(line.as_bytes())?;
+        file.write_all(line.as_bytes()).with_context(|| format!("cannot write {}", self.path.display()))?;
         file.sync_all().with_context(|| format!("cannot write {}", self.path.display()))?;
         Ok(())
     }

@@ -169,7 +169,25 @@ fn release_of(store: &Store, revision: &str) -> anyhow::Result<Release> {
     Ok(Release::parse(&path, &String::from_utf8_lossy(&text))?)
 }
 
-/// Points the host at `target`: its unit, `current`, a restart, then its health check.
+/// Installs the unit (and socket unit) of the release `target` from its root-owned copies.
+pub(crate) fn install_unit_of(ctx: &Ctx, store: &Store, target: &str, log: &Log) -> anyhow::Result<bool> {
+    let release = release_of(store, target)?;
+    let service = ctx.service(&release, store);
+    let copies = store.copies(target)?;
+    let wanted = copies
+        .read(release.unit.as_str(), READ_CAP)?
+        .with_context(|| format!("{} has no copy of {}", copies.path.display(), release.unit))?;
+    let socket = match release.socket_unit() {
+        Some(socket) => Some(
+            copies
+                .read(&socket, READ_CAP)?
+                .with_context(|| format!("{} has no copy of {socket}", copies.path.display()))?,
+        ),
+        None => None,
+    };
+    unit::install(&service, &wanted, socket.as_deref(), log)
+}
+
 /// Installs `target`'s unit, points `current` at it, restarts and checks it. Every switch is
 /// recorded the moment `current` moves (`live`, as `record` says), and a restart or health
 /// check that then fails is recorded too (`bad`, naming that `current` is on it), so the journal
@@ -184,24 +202,22 @@ fn switch_to(
 ) -> anyhow::Result<()> {
     let release = release_of(store, target)?;
     let service = ctx.service(&release, store);
-    log.step("install unit", |log| {
-        let copies = store.copies(target)?;
-        let wanted = copies
-            .read(release.unit.as_str(), READ_CAP)?
-            .with_context(|| format!("{} has no copy of {}", copies.path.display(), release.unit))?;
-        let socket = match release.socket_unit() {
-            Some(socket) => Some(
-                copies
-                    .read(&socket, READ_CAP)?
-                    .with_context(|| format!("{} has no copy of {socket}", copies.path.display()))?,
-            ),
-            None => None,
-        };
-        unit::install(&service, &wanted, socket.as_deref(), log)
-    })?;
+    let before = store.current_revision();
+    log.step("install unit", |log| install_unit_of(ctx, store, target, log))?;
     log.step("switch current", |log| store.switch_current(target, &|m| log.info(m)))?;
     let (deployment_id, event) = (record.deployment_id.clone(), record.event.clone());
-    journal.append(&record)?;
+    if let Err(err) = journal.append(&record) {
+        // Unrecorded, the switch is undone: the journal and `current` must agree.
+        let Some(before) = before.filter(|b| b != target) else { return Err(err) };
+        return Err(match install_unit_of(ctx, store, &before, log)
+            .and_then(|_| store.switch_current(&before, &|m| log.info(m)))
+        {
+            Ok(_) => err.context(format!("cannot record {target} as live; current is back on {before}")),
+            Err(back) => err.context(format!(
+                "cannot record {target} as live, and going back failed too ({back:#}); current is on {target}"
+            )),
+        });
+    }
     let checked = log
         .step("restart", |log| service.restart(log))
         .and_then(|()| log.step("health check", |log| health::wait_healthy(&release.health, log)).map(drop));

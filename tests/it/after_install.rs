@@ -474,6 +474,48 @@ fn killed_between_writes_then_a_rerun_reloads_and_removes_temporaries() {
     assert_nothing_half_built(&sandbox);
 }
 
+#[test]
+fn a_journal_that_cannot_be_written_after_the_switch_undoes_it() {
+    let port = free_port();
+    let (dir, app) = example_variant(port, &[]).unwrap();
+    let bundle_a = build_bundle(&app, &dir.path().join("a"), &[]).unwrap();
+    edit_file(&app, "src/app.py", "hello", "hello B");
+    let bundle_b = build_bundle(&app, &dir.path().join("b"), &[]).unwrap();
+    let sandbox = Sandbox::new().unwrap();
+    assert_ok(&sandbox.after_install(&bundle_a, "d-JOURNAL01").unwrap());
+    let rev_a = sandbox.current().unwrap();
+    assert_ok(&sandbox.after_install(&bundle_b, "d-JOURNAL02").unwrap());
+    let rev_b = sandbox.current().unwrap();
+    let records = sandbox.journal().len();
+    // A flip back to A writes nothing before the switch; its one journal write, after it, fails
+    // (an immutable file refuses even root, as a full disk would).
+    let journal = sandbox.state_dir().join("journal.jsonl");
+    let chattr = |flag: &str| {
+        let status = std::process::Command::new("chattr").arg(flag).arg(&journal).status().unwrap();
+        assert!(status.success(), "chattr {flag}");
+    };
+    chattr("+i");
+    let out = sandbox.after_install(&bundle_a, "d-JOURNAL03").unwrap();
+    chattr("-i");
+    assert_failed(&out, &format!("cannot record {rev_a} as live; current is back on {rev_b}"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&journal.display().to_string()),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(sandbox.current().as_deref(), Some(rev_b.as_str()), "the journal and current disagree");
+    assert_eq!(sandbox.journal().len(), records);
+    let unit = fs::read(sandbox.root.join("etc/systemd/system").join(UNIT)).unwrap();
+    let release_b = sandbox.app_root().join("releases").join(&rev_b);
+    assert_eq!(unit, fs::read(release_b.join("configs").join(UNIT)).unwrap());
+    // Once the journal can be written, the same deployment goes through.
+    let out = sandbox.after_install(&bundle_a, "d-JOURNAL03").unwrap();
+    assert_ok(&out);
+    assert_eq!(sandbox.current().as_deref(), Some(rev_a.as_str()));
+    let last = sandbox.journal().last().unwrap().clone();
+    assert_eq!((last["revision"].as_str(), last["state"].as_str()), (Some(rev_a.as_str()), Some("live")));
+}
+
 /// Two revisions of one app whose venvs differ, so the second deploy builds a venv.
 fn two_revisions(dir: &Path, port: u16) -> (std::path::PathBuf, std::path::PathBuf) {
     let (_keep, app) = example_variant(port, &[("installer: auto", "installer: pip")]).unwrap();
