@@ -348,18 +348,21 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
         venv_note = "flip";
         // Its venv is reused only when complete (it may have been removed by hand or cut
         // short): else built again, keeping the release as it is.
-        log.step("python environment", |log| {
-            let requirements = fsx::read_trusted(&release_dir.join(layout::REQUIREMENTS), READ_CAP)?;
-            venv::ensure(
-                &store,
-                release,
-                &requirements,
-                &requirements_shown(rev),
-                &revision.dir,
-                &logs_file,
-                log,
-            )
-        })?;
+        if let Some(part) = venv::missing_part(&store, &release.venv_key) {
+            log.info(format!("venv {} has no {part}: building it again", release.venv_key));
+            log.step("python environment", |log| {
+                let requirements = fsx::read_trusted(&release_dir.join(layout::REQUIREMENTS), READ_CAP)?;
+                venv::ensure(
+                    &store,
+                    release,
+                    &requirements,
+                    &requirements_shown(rev),
+                    &revision.dir,
+                    &logs_file,
+                    log,
+                )
+            })?;
+        }
     } else {
         let releases = store.dir.sub_owned("releases", store.me.uid)?;
         // Renamed into place but never recorded: a crash between the two. Build it again.
