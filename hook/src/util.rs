@@ -79,10 +79,16 @@ impl Log {
 /// that every step boundary, and every point between two writes inside a step, is a safe place
 /// to die.
 pub fn failpoint(step: &str) {
-    if std::env::var("DEPLOY_HOOK_FAILPOINT").is_ok_and(|it| it == step) {
+    if failpoint_armed(step) {
         // SAFETY: raising a signal has no preconditions.
         unsafe { libc::raise(libc::SIGKILL) };
     }
+}
+
+/// True when `DEPLOY_HOOK_FAILPOINT` names `point`: for a failpoint that needs work done
+/// differently to exist (a write split in two).
+pub fn failpoint_armed(point: &str) -> bool {
+    std::env::var("DEPLOY_HOOK_FAILPOINT").is_ok_and(|it| it == point)
 }
 
 /// fsyncs a directory, so a rename or a new entry in it survives a power loss.

@@ -471,6 +471,29 @@ fn killed_between_writes_then_a_rerun_reloads_and_removes_temporaries() {
     assert_ne!(sandbox.current().unwrap(), before);
     assert_eq!(temporaries(&sandbox.app_root()), Vec::<String>::new());
     assert_eq!(state_temporaries(), Vec::<String>::new());
+    // Killed in the middle of a journal line: the torn line is skipped, the next line starts on
+    // a line of its own, and the unrecorded release is built again.
+    let before = sandbox.current().unwrap();
+    let (archive, id) = next(&app, &[]);
+    let out = sandbox
+        .hook(&archive, "AfterInstall", &id)
+        .env("DEPLOY_HOOK_FAILPOINT", "journal: mid append")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(9), "killed mid append\n{}", describe(&out));
+    assert_eq!(sandbox.current().unwrap(), before);
+    assert_current_complete(&sandbox, "journal: mid append");
+    let out = sandbox.hook(&archive, "AfterInstall", &id).output().unwrap();
+    assert_ok(&out);
+    let text = fs::read_to_string(sandbox.state_dir().join("journal.jsonl")).unwrap();
+    let torn = text.lines().filter(|l| serde_json::from_str::<serde_json::Value>(l).is_err()).count();
+    assert_eq!(torn, 1, "{text}");
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (last["revision"].as_str(), last["state"].as_str()),
+        (sandbox.current().as_deref(), Some("live"))
+    );
+    assert_ne!(sandbox.current().unwrap(), before);
     assert_nothing_half_built(&sandbox);
 }
 
