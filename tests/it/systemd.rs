@@ -241,6 +241,31 @@ fn the_whole_lifecycle_under_real_systemd() -> Result<()> {
         Ok(link.trim().rsplit('/').next().unwrap_or_default().to_owned())
     };
     let old_venv = venv_of_current()?;
+    // First killed between writing the new unit and reloading systemd: systemd's loaded unit
+    // is then stale, and only a reload owed, not changed bytes, can tell the next run.
+    let archive_d = archive_of("d-SYSD0000D");
+    ct.exec_ok(&["mkdir", "-p", &archive_d])?;
+    ct.exec_ok(&[
+        "sh",
+        "-c",
+        "cd \"$1\" && /bin/tar -zxpsf \"$2\"",
+        "sh",
+        &archive_d,
+        &format!("/srv/deploy/{}", names[3]),
+    ])?;
+    let env = [
+        ("LIFECYCLE_EVENT", "AfterInstall"),
+        ("DEPLOYMENT_ID", "d-SYSD0000D"),
+        ("APPLICATION_NAME", "python-app"),
+        ("DEPLOYMENT_GROUP_NAME", "fleet"),
+        ("DEPLOYMENT_GROUP_ID", GROUP_ID),
+        ("DEPLOY_HOOK_FAILPOINT", "unit: written"),
+    ];
+    let killed = ct.systemd_run(&env, &[&format!("{archive_d}/bin/deploy-hook")])?;
+    ensure!(!killed.status.success(), "not killed: {}", describe(&killed));
+    let stale =
+        ct.exec_ok(&["systemctl", "show", "--property=NeedDaemonReload", "--value", "python-app.service"])?;
+    ensure!(stale.trim() == "yes", "NeedDaemonReload={stale} after the kill");
     let outs = deploy(&ct, &names[3], "d-SYSD0000D", Some("d-SYSD000RA"))?;
     assert_all_ok(&outs);
     serves(&ct, &revision_of(&bundle_d))?;
