@@ -539,6 +539,74 @@ fn a_journal_that_cannot_be_written_after_the_switch_undoes_it() {
     assert_eq!((last["revision"].as_str(), last["state"].as_str()), (Some(rev_a.as_str()), Some("live")));
 }
 
+/// The random-kill soak: `DEPLOY_SOAK_RUNS` (default 100) deployments, cycling through three
+/// revisions (one with other dependencies, so venvs and the unit change), each killed with
+/// SIGKILL after a random delay, checked, then run again. Prints the counts; fails on any
+/// incomplete `current`, failed re-run or process left behind.
+/// `cargo test -p tests --test it -- --ignored random_kill_soak --nocapture`
+#[test]
+#[ignore = "soak: minutes; run by hand"]
+fn random_kill_soak() {
+    let runs: usize = std::env::var("DEPLOY_SOAK_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let port = free_port();
+    let (dir, app) = example_variant(port, &[("keep_releases: 5", "keep_releases: 2")]).unwrap();
+    let mut bundles = Vec::new();
+    for (i, edits) in
+        [vec![], vec![("installer: auto", "installer: pip")], vec![("installer: pip", "installer: auto")]]
+            .into_iter()
+            .enumerate()
+    {
+        for (from, to) in edits {
+            edit_file(&app, "deploy.yaml", from, to);
+        }
+        edit_file(&app, "src/app.py", "hello", &format!("hello {i}"));
+        bundles.push(build_bundle(&app, &dir.path().join(i.to_string()), &[]).unwrap());
+    }
+    let sandbox = Sandbox::new().unwrap();
+    assert_ok(&sandbox.after_install(&bundles[0], "d-SOAKBASE1").unwrap());
+    let mut seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    let mut random = move |below: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % below
+    };
+    let (mut landed, mut complete, mut reruns_ok, mut left) = (0, 0, 0, 0);
+    for i in 0..runs {
+        let id = format!("d-SOAK{i:05}");
+        let archive = sandbox.extract(&bundles[i % bundles.len()], &id).unwrap();
+        let mut child =
+            sandbox.hook(&archive, "AfterInstall", &id).stdout(std::process::Stdio::null()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(random(1500)));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            landed += 1;
+        }
+        child.wait().unwrap();
+        let current = sandbox.current().unwrap();
+        let release = sandbox.app_root().join("releases").join(&current);
+        if fs::read_to_string(release.join("REVISION")).is_ok_and(|r| r.trim() == current)
+            && release.join("app.py").is_file()
+            && release.join(".venv/.deploy-complete").is_file()
+        {
+            complete += 1;
+        }
+        let out = sandbox.hook(&archive, "AfterInstall", &id).output().unwrap();
+        if out.status.success() {
+            reruns_ok += 1;
+        } else {
+            println!("re-run {id} failed:\n{}", describe(&out));
+        }
+        left += tests::sandbox::marked_processes(&sandbox.app_root()).len();
+    }
+    println!(
+        "random-kill soak: {runs} runs, kills landed {landed}, complete current {complete}, re-runs ok {reruns_ok}, processes left {left}"
+    );
+    assert_eq!((complete, reruns_ok, left), (runs, runs, 0));
+    assert_nothing_half_built(&sandbox);
+}
+
 /// Two revisions of one app whose venvs differ, so the second deploy builds a venv.
 fn two_revisions(dir: &Path, port: u16) -> (std::path::PathBuf, std::path::PathBuf) {
     let (_keep, app) = example_variant(port, &[("installer: auto", "installer: pip")]).unwrap();
