@@ -340,7 +340,27 @@ fn assert_current_complete(sandbox: &Sandbox, context: &str) -> String {
     assert!(release.join("app.py").is_file(), "{context}: {current} lost app.py");
     assert!(release.join(".venv/.deploy-complete").is_file(), "{context}: {current}'s venv is incomplete");
     assert!(release.join(".venv/bin/python").exists(), "{context}: {current}'s venv has no python");
+    // Every application file matches the release's MANIFEST.
+    let manifest = fs::read_to_string(release.join("deploy/MANIFEST")).unwrap();
+    assert_eq!(packaging::Manifest::revision_id(&manifest), current, "{context}: MANIFEST of {current}");
+    for entry in packaging::Manifest::parse(&manifest).unwrap().entries {
+        if let Some(rel) = entry.path.strip_prefix("src/") {
+            let (sha, _) = packaging::manifest::hash_file(&release.join(rel)).unwrap();
+            assert_eq!(sha, entry.sha256, "{context}: {current}/{rel} does not match its MANIFEST");
+        }
+    }
     current
+}
+
+/// The unit systemd would load is the live release's.
+fn assert_unit_is_current(sandbox: &Sandbox, context: &str) {
+    let current = sandbox.app_root().join("releases").join(sandbox.current().unwrap());
+    let unit = fs::read(sandbox.root.join("etc/systemd/system").join(UNIT)).unwrap();
+    assert_eq!(
+        unit,
+        fs::read(current.join("configs").join(UNIT)).unwrap(),
+        "{context}: the unit is not the live release's"
+    );
 }
 
 #[test]
@@ -389,6 +409,7 @@ fn killed_inside_prune_then_a_rerun_completes() {
         let out = sandbox.hook(&archive, "AfterInstall", &id).output().unwrap();
         assert_ok(&out);
         assert_eq!(assert_current_complete(&sandbox, point), current);
+        assert_unit_is_current(&sandbox, point);
         assert_nothing_half_built(&sandbox);
         assert!(!unused.exists(), "{point}: the unused venv is still there");
         let releases = sandbox.listing("releases");
@@ -494,6 +515,7 @@ fn killed_between_writes_then_a_rerun_reloads_and_removes_temporaries() {
         (sandbox.current().as_deref(), Some("live"))
     );
     assert_ne!(sandbox.current().unwrap(), before);
+    assert_unit_is_current(&sandbox, "journal: mid append");
     assert_nothing_half_built(&sandbox);
 }
 
@@ -593,7 +615,9 @@ fn random_kill_soak() {
             complete += 1;
         }
         let out = sandbox.hook(&archive, "AfterInstall", &id).output().unwrap();
-        if out.status.success() {
+        let current = sandbox.app_root().join("releases").join(sandbox.current().unwrap());
+        let unit = fs::read(sandbox.root.join("etc/systemd/system").join(UNIT)).ok();
+        if out.status.success() && unit == fs::read(current.join("configs").join(UNIT)).ok() {
             reruns_ok += 1;
         } else {
             println!("re-run {id} failed:\n{}", describe(&out));
