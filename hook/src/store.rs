@@ -567,3 +567,34 @@ pub fn lock_wait() -> Duration {
     let secs = std::env::var("DEPLOY_HOOK_LOCK_WAIT").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
     Duration::from_secs(secs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporary_names_are_those_atomic_writes_make() {
+        for name in [".python-app.service.tmp-123", ".journal.jsonl.tmp-9", ".MANIFEST.tmp-4242"] {
+            assert!(is_temporary(name), "{name}");
+        }
+        for name in ["python-app.service", ".tmp-r-0123", ".x.tmp-", ".x.tmp-12a", "journal.jsonl.tmp-1"] {
+            assert!(!is_temporary(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn only_the_named_files_temporaries_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [".app.service.tmp-7", ".other.service.tmp-7", "app.service", ".app.socket.tmp-8"] {
+            fs::write(dir.path().join(name), "").unwrap();
+        }
+        let removed = remove_temporaries(dir.path(), &["app.service", "app.socket"]).unwrap();
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".other.service.tmp-7", "app.service"]);
+    }
+}
