@@ -147,6 +147,20 @@ fn stage_files(
     Ok(staged)
 }
 
+/// What a release directory lacks, if anything: its `REVISION` naming `revision`, the `.venv`
+/// link, or any file of the manifest (by name: a release only ever loses files).
+fn release_missing(dir: &Path, manifest: &Manifest, revision: &str) -> Option<String> {
+    match fs::read_to_string(dir.join("REVISION")) {
+        Ok(text) if text.trim() == revision => {}
+        _ => return Some("REVISION".into()),
+    }
+    let paths = manifest.entries.iter().filter_map(|e| release_path(&e.path));
+    [".venv".to_owned(), "deploy/MANIFEST".to_owned()]
+        .into_iter()
+        .chain(paths)
+        .find(|rel| fs::symlink_metadata(dir.join(rel)).is_err())
+}
+
 /// `../` repeated for the depth of `rel`'s parent, then `../../shared/<rel>`.
 fn shared_link(rel: &str) -> String {
     let depth = rel.matches('/').count();
@@ -301,27 +315,37 @@ fn budget(release: &Release, log: &Log) -> Budget {
 pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -> anyhow::Result<String> {
     let release = &revision.release;
     let rev = revision.id.as_str();
+    // Before anything is written anywhere: release.yaml names the app root that everything
+    // after this creates, locks and cleans.
+    let manifest = log.step("verify revision", |_| revision.verify())?;
     let store = log.step("resolve user and app root", |_| Store::open(&ctx.root, release))?;
     let holder =
         format!("pid {} (deployment {deployment_id}, AfterInstall, since {})", std::process::id(), now());
     let _lock = log.step("lock", |log| Lock::acquire(&store, &holder, lock_wait(), &|m| log.info(m)))?;
     log.step("prepare app root", |log| store.ensure_layout(&|m| log.info(m)))?;
     log.step("clean unfinished", |log| {
-        for path in store.clean_unfinished()? {
+        let service = ctx.service(release, &store);
+        let unit_dir = service.unit_file.parent().context("a unit file has a directory")?;
+        let mut removed = store.clean_unfinished()?;
+        removed
+            .extend(crate::store::remove_temporaries(unit_dir, &[release.unit.as_str(), &service.socket])?);
+        for path in removed {
             log.info(format!("removed {path}, left by an interrupted run"));
         }
         Ok(())
     })?;
-    let manifest = log.step("verify revision", |_| {
-        let manifest = Manifest::parse(&revision.manifest_text)?;
-        manifest.verify_tree(&revision.dir)?;
-        Ok(manifest)
-    })?;
     let journal = Journal::new(&store.state)?;
     let records = journal.read()?;
     let release_dir = store.release(rev)?;
-    let known = matches!(states(&records).get(rev), Some(State::Ready | State::Live | State::Bad))
+    let recorded = matches!(states(&records).get(rev), Some(State::Ready | State::Live | State::Bad))
         && store.has_release(rev);
+    let missing = if recorded { release_missing(&release_dir, &manifest, rev) } else { None };
+    if let Some(what) = &missing {
+        log.info(format!(
+            "release {rev} is recorded as built but is incomplete ({what}), as a removal cut short leaves it: building it again"
+        ));
+    }
+    let known = recorded && missing.is_none();
     let logs_file = store.state.path.join("logs").join(format!("{deployment_id}.log"));
     log.step("environment file", |log| {
         let sample = fsx::read_trusted(&revision.dir.join(layout::SAMPLE_ENV), READ_CAP)?;
@@ -339,8 +363,10 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
     if known {
         log.info(format!("release {rev} is already built: a flip, not a rebuild"));
         venv_note = "flip";
-        if !release_dir.join(".venv/bin/python").exists() {
-            // Its venv was removed by hand: build that again, keep the release as it is.
+        // Its venv is reused only when complete (it may have been removed by hand or cut
+        // short): else built again, keeping the release as it is.
+        if let Some(part) = venv::missing_part(&store, &release.venv_key) {
+            log.info(format!("venv {} has no {part}: building it again", release.venv_key));
             log.step("python environment", |log| {
                 let requirements = fsx::read_trusted(&release_dir.join(layout::REQUIREMENTS), READ_CAP)?;
                 venv::ensure(
@@ -470,7 +496,19 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
         if let Some(p) = previous.as_deref().filter(|p| *p != rev) {
             live = live.message(format!("previous {p}"));
         }
-        journal.append(&live)?;
+        if let Err(err) = journal.append(&live) {
+            // The journal must say what `current` is on: when it cannot say the switch
+            // happened (a full disk), the switch is undone.
+            return Err(match switched.then(|| undo_switch(ctx, &store, previous.as_deref(), log)) {
+                None | Some(Ok(())) => err.context(format!(
+                    "cannot record {rev} as live; current is back on {}",
+                    previous.as_deref().unwrap_or("no release")
+                )),
+                Some(Err(back)) => err.context(format!(
+                    "cannot record {rev} as live, and going back failed too ({back:#}); current is on {rev}"
+                )),
+            });
+        }
     }
     if let Err(err) = log.step("prune", |log| prune::prune(&store, &journal, release.keep_releases, log)) {
         log.info(format!("warning: pruning failed, the deploy stands: {err:#}"));
@@ -490,6 +528,21 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
             "after-install ok: revision {rev} live (deployment {deployment_id}) in {secs:.1}s, {venv_note}{from}"
         )
     })
+}
+
+/// Puts `current` and the unit back on `previous` (or removes `current` when there was none).
+fn undo_switch(ctx: &Ctx, store: &Store, previous: Option<&str>, log: &Log) -> anyhow::Result<()> {
+    match previous {
+        Some(p) => {
+            crate::lifecycle::install_unit_of(ctx, store, p, log)?;
+            store.switch_current(p, &|m| log.info(m))?;
+        }
+        None => {
+            store.dir.remove("current")?;
+            store.dir.fsync()?;
+        }
+    }
+    Ok(())
 }
 
 fn record(deployment_id: &str, rev: &str, state: State, log: &Log, release: &Release) -> Record {

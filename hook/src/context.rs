@@ -26,6 +26,9 @@ pub struct Revision {
     pub manifest_text: String,
     /// The revision id, from the manifest.
     pub id: String,
+    /// sha256 of the release.yaml bytes `release` was parsed from, checked against the manifest
+    /// by [`Revision::verify`].
+    release_sha256: String,
 }
 
 impl Revision {
@@ -50,7 +53,24 @@ impl Revision {
         let manifest_text = fs::read_to_string(&manifest_path)
             .with_context(|| format!("cannot read {}", manifest_path.display()))?;
         let id = Manifest::revision_id(&manifest_text);
-        Ok(Revision { dir: dir.to_owned(), release, manifest_text, id })
+        let release_sha256 = packaging::manifest::sha256_hex(text.as_bytes());
+        Ok(Revision { dir: dir.to_owned(), release, manifest_text, id, release_sha256 })
+    }
+
+    /// Checks the whole revision against its MANIFEST, and that the release.yaml this revision
+    /// was read from is the one the MANIFEST lists. Nothing is written anywhere before this
+    /// passes: release.yaml names the app root and the user everything else acts on.
+    pub fn verify(&self) -> anyhow::Result<Manifest> {
+        let manifest = Manifest::parse(&self.manifest_text)?;
+        manifest.verify_tree(&self.dir)?;
+        match manifest.entries.iter().find(|e| e.path == layout::RELEASE_YAML) {
+            Some(entry) if entry.sha256 == self.release_sha256 => Ok(manifest),
+            Some(_) => anyhow::bail!(
+                "{}: changed while it was read; the MANIFEST lists other bytes",
+                self.dir.join(layout::RELEASE_YAML).display()
+            ),
+            None => anyhow::bail!("{}: {} is not listed", layout::MANIFEST, layout::RELEASE_YAML),
+        }
     }
 }
 
@@ -79,6 +99,7 @@ impl Ctx {
             socket_activation: release.socket_activation,
             socket_file: self.host("/etc/systemd/system").join(&socket_name),
             socket_changed: self.host("/run/deploy-hook").join(format!("{socket_name}.changed")),
+            reload_pending: self.host("/run/deploy-hook").join(format!("{unit}.reload-pending")),
             socket: socket_name,
             supervisor: Supervisor { root: self.root.clone(), state: store.state.path.clone() },
         }

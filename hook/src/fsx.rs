@@ -281,13 +281,14 @@ impl Dir {
         let mut file = self
             .create_new(&tmp, mode)
             .with_context(|| format!("cannot write {}", self.path.join(&tmp).display()))?;
-        file.write_all(data)?;
+        file.write_all(data).with_context(|| format!("cannot write {}", self.path.join(&tmp).display()))?;
         // SAFETY: fchmod/fchown on our own descriptor.
         check(unsafe { libc::fchmod(file.as_raw_fd(), mode) })?;
         if let Some((uid, gid)) = owner {
             check(unsafe { libc::fchown(file.as_raw_fd(), uid, gid) })?;
         }
-        file.sync_all()?;
+        file.sync_all().with_context(|| format!("cannot write {}", self.path.join(&tmp).display()))?;
+        crate::util::failpoint(&format!("before rename {name}"));
         self.rename(&tmp, self, name)?;
         self.fsync()
     }

@@ -346,7 +346,16 @@ impl Journal {
                 line.insert(0, '\n');
             }
         }
-        file.write_all(line.as_bytes()).with_context(|| format!("cannot write {}", self.path.display()))?;
+        let mut bytes = line.as_bytes();
+        if crate::util::failpoint_armed("journal: mid append") {
+            // Crash testing: half a line written, then a kill, as a torn write leaves it.
+            let (head, tail) = bytes.split_at(bytes.len() / 2);
+            file.write_all(head)?;
+            file.sync_all()?;
+            crate::util::failpoint("journal: mid append");
+            bytes = tail;
+        }
+        file.write_all(bytes).with_context(|| format!("cannot write {}", self.path.display()))?;
         file.sync_all().with_context(|| format!("cannot write {}", self.path.display()))?;
         Ok(())
     }

@@ -71,6 +71,8 @@ fn mib(bytes: u64) -> String {
 /// crashed runs left.
 pub fn before_install(ctx: &Ctx, revision: &Revision, log: &mut Log) -> anyhow::Result<String> {
     let release = &revision.release;
+    // Before anything is written: release.yaml names the app root this cleans.
+    log.step("verify revision", |_| revision.verify())?;
     let ids = log.step("user and group", |_| {
         users::resolve(&ctx.root, release.user.as_str(), release.group.as_str())
     })?;
@@ -167,29 +169,65 @@ fn release_of(store: &Store, revision: &str) -> anyhow::Result<Release> {
     Ok(Release::parse(&path, &String::from_utf8_lossy(&text))?)
 }
 
-/// Points the host at `target`: its unit, `current`, a restart, then its health check.
-fn switch_to(ctx: &Ctx, store: &Store, target: &str, log: &mut Log) -> anyhow::Result<()> {
+/// Installs the unit (and socket unit) of the release `target` from its root-owned copies.
+pub(crate) fn install_unit_of(ctx: &Ctx, store: &Store, target: &str, log: &Log) -> anyhow::Result<bool> {
     let release = release_of(store, target)?;
     let service = ctx.service(&release, store);
-    log.step("install unit", |log| {
-        let copies = store.copies(target)?;
-        let wanted = copies
-            .read(release.unit.as_str(), READ_CAP)?
-            .with_context(|| format!("{} has no copy of {}", copies.path.display(), release.unit))?;
-        let socket = match release.socket_unit() {
-            Some(socket) => Some(
-                copies
-                    .read(&socket, READ_CAP)?
-                    .with_context(|| format!("{} has no copy of {socket}", copies.path.display()))?,
-            ),
-            None => None,
-        };
-        unit::install(&service, &wanted, socket.as_deref(), log)
-    })?;
+    let copies = store.copies(target)?;
+    let wanted = copies
+        .read(release.unit.as_str(), READ_CAP)?
+        .with_context(|| format!("{} has no copy of {}", copies.path.display(), release.unit))?;
+    let socket = match release.socket_unit() {
+        Some(socket) => Some(
+            copies
+                .read(&socket, READ_CAP)?
+                .with_context(|| format!("{} has no copy of {socket}", copies.path.display()))?,
+        ),
+        None => None,
+    };
+    unit::install(&service, &wanted, socket.as_deref(), log)
+}
+
+/// Installs `target`'s unit, points `current` at it, restarts and checks it. Every switch is
+/// recorded the moment `current` moves (`live`, as `record` says), and a restart or health
+/// check that then fails is recorded too (`bad`, naming that `current` is on it), so the journal
+/// always names what is live.
+fn switch_to(
+    ctx: &Ctx,
+    store: &Store,
+    target: &str,
+    journal: &Journal,
+    record: Record,
+    log: &mut Log,
+) -> anyhow::Result<()> {
+    let release = release_of(store, target)?;
+    let service = ctx.service(&release, store);
+    let before = store.current_revision();
+    log.step("install unit", |log| install_unit_of(ctx, store, target, log))?;
     log.step("switch current", |log| store.switch_current(target, &|m| log.info(m)))?;
-    log.step("restart", |log| service.restart(log))?;
-    log.step("health check", |log| health::wait_healthy(&release.health, log))?;
-    Ok(())
+    let (deployment_id, event) = (record.deployment_id.clone(), record.event.clone());
+    if let Err(err) = journal.append(&record) {
+        // Unrecorded, the switch is undone: the journal and `current` must agree.
+        let Some(before) = before.filter(|b| b != target) else { return Err(err) };
+        return Err(match install_unit_of(ctx, store, &before, log)
+            .and_then(|_| store.switch_current(&before, &|m| log.info(m)))
+        {
+            Ok(_) => err.context(format!("cannot record {target} as live; current is back on {before}")),
+            Err(back) => err.context(format!(
+                "cannot record {target} as live, and going back failed too ({back:#}); current is on {target}"
+            )),
+        });
+    }
+    let checked = log
+        .step("restart", |log| service.restart(log))
+        .and_then(|()| log.step("health check", |log| health::wait_healthy(&release.health, log)).map(drop));
+    if let Err(err) = &checked {
+        journal.append(
+            &Record::new(&deployment_id, target, &event, State::Bad)
+                .message(format!("{err:#}; current is on {target}")),
+        )?;
+    }
+    checked
 }
 
 /// The newest release that went live, is good and is on disk, other than `not`.
@@ -242,14 +280,10 @@ pub fn validate_service(
         bail!("{cause}; {current} marked bad, and there is no previous good release to return to");
     };
     log.info(format!("returning to {previous}"));
-    match switch_to(ctx, &store, &previous, log) {
-        Ok(()) => {
-            let message = format!("reverted from {current}");
-            journal.append(
-                &Record::new(deployment_id, &previous, "ValidateService", State::Live).message(message),
-            )?;
-            Err(format_err!("{cause}; back on {previous} (healthy), {current} marked bad"))
-        }
+    let record = Record::new(deployment_id, &previous, "ValidateService", State::Live)
+        .message(format!("reverted from {current}"));
+    match switch_to(ctx, &store, &previous, &journal, record, log) {
+        Ok(()) => Err(format_err!("{cause}; back on {previous} (healthy), {current} marked bad")),
         Err(err) => {
             Err(format_err!("{cause}; {current} marked bad; returning to {previous} failed too: {err:#}"))
         }
@@ -293,12 +327,11 @@ pub fn rollback(
     if current.as_deref() == Some(target.as_str()) {
         return Ok(format!("rollback ok: {target} is already current"));
     }
-    switch_to(ctx, &store, &target, log)?;
     let mut record = Record::new("manual", &target, "Rollback", State::Live);
     if let Some(c) = &current {
         record = record.message(format!("rolled back from {c}"));
     }
-    journal.append(&record)?;
+    switch_to(ctx, &store, &target, &journal, record, log)?;
     Ok(format!("rollback ok: {target} live and healthy (was {})", current.as_deref().unwrap_or("none")))
 }
 

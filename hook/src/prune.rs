@@ -1,13 +1,18 @@
 //! Pruning: keep `keep_releases` good releases by journal order, never the current or the
 //! previous one; failed and bad releases never push good ones out (the last two are kept for
 //! forensics); venvs no remaining release uses are removed.
+//!
+//! Removal is atomic from a reader's view: a release is first renamed to a `.tmp-pruned-` name
+//! (which the next run's cleanup removes), that is recorded, and only then deleted; a venv loses
+//! its completion marker before anything else. A kill at any point leaves no half-deleted
+//! release under its revision name and no half-deleted venv that looks complete.
 
 use std::collections::BTreeSet;
 
 use crate::{
     journal::{Journal, Record, State, live_history, states},
-    store::{STAGING_PREFIX, Store, is_revision},
-    util::Log,
+    store::{STAGING_PREFIX, Store, VENV_COMPLETE, is_revision},
+    util::{Log, failpoint},
 };
 
 /// Bad or failed release directories kept for forensics.
@@ -49,9 +54,16 @@ pub fn prune(store: &Store, journal: &Journal, keep: u32, log: &Log) -> anyhow::
     let releases = store.dir.sub_owned("releases", store.me.uid)?;
     let copies = store.state.sub_owned("releases", store.me.uid)?;
     for rev in good.iter().chain(bad.iter()).copied().filter(|r| !protect.contains(r)) {
-        releases.remove(rev)?;
-        copies.remove(rev)?;
+        let trash = format!("{STAGING_PREFIX}pruned-{rev}");
+        releases.remove(&trash)?;
+        releases.rename(rev, &releases, &trash)?;
+        releases.fsync()?;
+        failpoint("prune: release invalidated");
         journal.append(&Record::new("prune", rev, "Prune", State::Pruned))?;
+        failpoint("prune: release recorded");
+        copies.remove(rev)?;
+        releases.remove(&trash)?;
+        failpoint("prune: release removed");
         log.info(format!("pruned release {rev}"));
         removed.push(rev.to_owned());
     }
@@ -71,7 +83,13 @@ pub fn prune(store: &Store, journal: &Journal, keep: u32, log: &Log) -> anyhow::
     let venvs = store.dir.sub_owned("venvs", store.me.uid)?;
     for name in venvs.names()? {
         if !used.contains(&name) {
+            if let Ok(venv) = venvs.sub_owned(&name, store.me.uid) {
+                venv.remove(VENV_COMPLETE)?;
+                venv.fsync()?;
+            }
+            failpoint("prune: venv invalidated");
             venvs.remove(&name)?;
+            failpoint("prune: venv removed");
             log.info(format!("removed the unused venv {name}"));
         }
     }

@@ -38,6 +38,10 @@ pub struct Service<'a> {
     /// A marker (under /run, root's) that the installed socket unit changed while its socket
     /// was listening: the next restart re-binds it.
     pub socket_changed: PathBuf,
+    /// A marker (under /run, root's, gone after a reboot, which reloads systemd anyway) that a
+    /// unit file was written and systemd not yet reloaded: set before the write, cleared after
+    /// the reload, so a failed or interrupted reload is redone by the next run.
+    pub reload_pending: PathBuf,
 }
 
 fn systemctl(args: &[&str]) -> anyhow::Result<std::process::Output> {
@@ -74,6 +78,42 @@ impl Service<'_> {
             Manager::None => {
                 log.info("service manager none: would run systemctl daemon-reload");
                 Ok(())
+            }
+        }
+    }
+
+    /// True when systemd's loaded unit (or socket unit) differs from the file on disk
+    /// (`NeedDaemonReload=yes`), or when the pending marker says a reload did not finish.
+    pub fn needs_reload(&self) -> anyhow::Result<bool> {
+        if self.reload_pending.exists() {
+            return Ok(true);
+        }
+        if self.manager != Manager::Systemd {
+            return Ok(false);
+        }
+        let socket = self.socket_activation.then_some(self.socket.as_str());
+        for unit in socket.into_iter().chain([self.unit]) {
+            let out = systemctl(&["show", "--property=NeedDaemonReload", "--value", unit])?;
+            if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "yes" {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Sets (`true`) or clears the marker that a reload is owed.
+    pub fn mark_reload_pending(&self, pending: bool) -> anyhow::Result<()> {
+        let path = &self.reload_pending;
+        if pending {
+            let dir = path.parent().context("a marker has a directory")?;
+            fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            fs::write(path, b"").with_context(|| format!("cannot write {}", path.display()))
+        } else {
+            match fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(e).with_context(|| format!("cannot remove {}", path.display()))
+                }
+                _ => Ok(()),
             }
         }
     }

@@ -24,11 +24,44 @@ use packaging::{config::Release, layout};
 use crate::{
     fsx::Dir,
     users::{self, Ids},
-    util::{check_interrupted, now},
+    util::{check_interrupted, failpoint, now},
 };
 
 /// Prefix of staging directories in `releases/`: unfinished by definition.
 pub const STAGING_PREFIX: &str = ".tmp-";
+/// Prefix of `current`'s new link before it is renamed over `current`.
+pub const CURRENT_TMP: &str = ".current.tmp-";
+
+/// True for the temporary names [`write_atomic`] and [`Dir::write_atomic`] write through
+/// (`.<name>.tmp-<pid>`): what a kill before their rename leaves.
+pub fn is_temporary(name: &str) -> bool {
+    name.starts_with('.')
+        && name
+            .rsplit_once(".tmp-")
+            .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Removes the temporary files a kill left in `dir` (a directory only root writes, such as
+/// `/etc/systemd/system`) for the file names in `names`; returns what it removed.
+pub fn remove_temporaries(dir: &Path, names: &[&str]) -> anyhow::Result<Vec<String>> {
+    let mut removed = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else { return Ok(removed) };
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if is_temporary(&name)
+            && names.iter().any(|file| {
+                name.strip_prefix('.').is_some_and(|rest| rest.starts_with(&format!("{file}.tmp-")))
+            })
+        {
+            let path = entry.path();
+            fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+            removed.push(path.display().to_string());
+        }
+    }
+    Ok(removed)
+}
+
 /// The environment variable every child of the hook carries, set to the app root.
 pub const RUN_MARK: &str = "DEPLOY_HOOK_RUN";
 
@@ -298,6 +331,30 @@ impl Store {
         let mut removed: Vec<String> =
             self.kill_orphans().into_iter().map(|pid| format!("process {pid}")).collect();
         removed.extend(self.clean_tmp()?);
+        // `current`'s new link under its temporary name, and files written through a temporary
+        // name in the state directory, when a kill came before the rename.
+        for name in self.dir.names()? {
+            if name.starts_with(CURRENT_TMP) {
+                self.dir.remove(&name)?;
+                removed.push(name);
+            }
+        }
+        let mut state_dirs = vec![self.state.try_clone()?];
+        if let Ok(copies) = self.state.sub_owned("releases", self.me.uid) {
+            for name in copies.names()? {
+                if let Ok(dir) = copies.sub_owned(&name, self.me.uid) {
+                    state_dirs.push(dir);
+                }
+            }
+        }
+        for dir in state_dirs {
+            for name in dir.names()? {
+                if is_temporary(&name) {
+                    dir.remove(&name)?;
+                    removed.push(dir.path.join(name).display().to_string());
+                }
+            }
+        }
         let releases = self.dir.sub_owned("releases", self.me.uid)?;
         for name in releases.names()? {
             if name.starts_with(STAGING_PREFIX) {
@@ -396,9 +453,10 @@ impl Store {
             ),
             None => {}
         }
-        let tmp = format!(".current.tmp-{}", std::process::id());
+        let tmp = format!("{CURRENT_TMP}{}", std::process::id());
         self.dir.remove(&tmp)?;
         self.dir.symlink(&target, &tmp)?;
+        failpoint("before rename current");
         self.dir.rename(&tmp, &self.dir, "current")?;
         self.dir.fsync()?;
         Ok(true)
@@ -494,8 +552,10 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
         .open(&tmp)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     file.set_permissions(fs::Permissions::from_mode(mode))?;
-    file.write_all(data)?;
-    file.sync_all()?;
+    file.write_all(data).with_context(|| format!("cannot write {}", tmp.display()))?;
+    file.sync_all().with_context(|| format!("cannot write {}", tmp.display()))?;
+    let dir_name = dir.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    failpoint(&format!("before rename {dir_name}/{name}"));
     fs::rename(&tmp, path)
         .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
     crate::util::fsync_dir(dir)?;
@@ -506,4 +566,35 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
 pub fn lock_wait() -> Duration {
     let secs = std::env::var("DEPLOY_HOOK_LOCK_WAIT").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
     Duration::from_secs(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporary_names_are_those_atomic_writes_make() {
+        for name in [".python-app.service.tmp-123", ".journal.jsonl.tmp-9", ".MANIFEST.tmp-4242"] {
+            assert!(is_temporary(name), "{name}");
+        }
+        for name in ["python-app.service", ".tmp-r-0123", ".x.tmp-", ".x.tmp-12a", "journal.jsonl.tmp-1"] {
+            assert!(!is_temporary(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn only_the_named_files_temporaries_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [".app.service.tmp-7", ".other.service.tmp-7", "app.service", ".app.socket.tmp-8"] {
+            fs::write(dir.path().join(name), "").unwrap();
+        }
+        let removed = remove_temporaries(dir.path(), &["app.service", "app.socket"]).unwrap();
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".other.service.tmp-7", "app.service"]);
+    }
 }

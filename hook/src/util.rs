@@ -74,14 +74,21 @@ impl Log {
     }
 }
 
-/// Crash testing: when `DEPLOY_HOOK_FAILPOINT` names this step, the hook kills itself with
-/// SIGKILL right before it, exactly as `kill -9` would. Tests use it to prove that every step
-/// boundary is a safe place to die.
-fn failpoint(step: &str) {
-    if std::env::var("DEPLOY_HOOK_FAILPOINT").is_ok_and(|it| it == step) {
+/// Crash testing: when `DEPLOY_HOOK_FAILPOINT` names this step (or this point inside a step),
+/// the hook kills itself with SIGKILL there, exactly as `kill -9` would. Tests use it to prove
+/// that every step boundary, and every point between two writes inside a step, is a safe place
+/// to die.
+pub fn failpoint(step: &str) {
+    if failpoint_armed(step) {
         // SAFETY: raising a signal has no preconditions.
         unsafe { libc::raise(libc::SIGKILL) };
     }
+}
+
+/// True when `DEPLOY_HOOK_FAILPOINT` names `point`: for a failpoint that needs work done
+/// differently to exist (a write split in two).
+pub fn failpoint_armed(point: &str) -> bool {
+    std::env::var("DEPLOY_HOOK_FAILPOINT").is_ok_and(|it| it == point)
 }
 
 /// fsyncs a directory, so a rename or a new entry in it survives a power loss.

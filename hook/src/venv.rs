@@ -80,6 +80,14 @@ pub fn child_env(store: &Store, extra_path: Option<&Path>) -> Vec<(OsString, OsS
     env
 }
 
+/// What the venv `key` lacks to be complete: its marker, or a part a venv whose removal was
+/// cut short (by an older deploy-hook, or by hand) may have lost while keeping its marker.
+pub fn missing_part(store: &Store, key: &str) -> Option<&'static str> {
+    [VENV_COMPLETE, "bin/python", "pyvenv.cfg"]
+        .into_iter()
+        .find(|part| !store.venvs().join(key).join(part).exists())
+}
+
 /// Makes `venvs/<key>` exist and be complete with release.yaml's interpreter; `archive` is the
 /// extracted revision (where a vendored `bin/uv` is). A complete venv is reused
 /// only when the interpreter is the one that built it (its real version, ABI, arch and libc, as
@@ -112,7 +120,12 @@ pub fn ensure(
     if let Ok(done) = venvs.sub_owned(&key, store.me.uid)
         && let Some(marker) = done.read(VENV_COMPLETE, 64 << 10)?
     {
+        let missing = missing_part(store, &key);
         match wheels::recorded_identity(&String::from_utf8_lossy(&marker)) {
+            _ if missing.is_some() => log.info(format!(
+                "venv {key} is marked complete but has no {}: building it again",
+                missing.unwrap_or_default()
+            )),
             Some(built_by) if built_by == probed.identity => return Ok(Outcome::Reused),
             Some(built_by) => log.info(format!(
                 "venv {key} was built by {built_by}, but {} is now {}: building it again",

@@ -170,7 +170,7 @@ fn health_gate_reverts_and_rollback_and_status_tell_the_story() {
 
     // A damaged journal: a non-UTF-8 line and a 100 KiB line in the middle. Status reports them
     // and reads the rest; rollback still works from it.
-    let journal_path = sandbox.app_root().join("journal.jsonl");
+    let journal_path = sandbox.state_dir().join("journal.jsonl");
     let text = fs::read(&journal_path).unwrap();
     let cut = text.iter().position(|&b| b == b'\n').unwrap() + 1;
     let mut damaged = text[..cut].to_vec();
@@ -196,6 +196,30 @@ fn health_gate_reverts_and_rollback_and_status_tell_the_story() {
     assert!(back.status.success(), "{}", describe(&back));
     assert_eq!(last_line(&back), format!("rollback ok: {rev_b} live and healthy (was {rev_a})"));
     assert!(String::from_utf8_lossy(&back.stderr).contains("skipped 2 lines"), "{}", describe(&back));
+
+    // A forced rollback onto the bad release switches, then fails its health check: the switch
+    // and the failure are both recorded, and status names what is live.
+    let forced = hook(&["rollback", "--to", &rev_c, "--force"]);
+    assert_eq!(forced.status.code(), Some(1), "{}", describe(&forced));
+    assert_eq!(sandbox.current().as_deref(), Some(rev_c.as_str()));
+    // The journal still holds the two damaged lines: read it as the hook does, skipping them.
+    let journal: Vec<serde_json::Value> = String::from_utf8_lossy(&fs::read(&journal_path).unwrap())
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let tail: Vec<(&str, &str)> = journal[journal.len() - 2..]
+        .iter()
+        .map(|r| (r["revision"].as_str().unwrap(), r["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(tail, [(rev_c.as_str(), "live"), (rev_c.as_str(), "bad")], "{journal:#?}");
+    assert_eq!(journal[journal.len() - 2]["message"], format!("rolled back from {rev_b}"));
+    assert!(
+        journal[journal.len() - 1]["message"].as_str().unwrap().contains("current is on"),
+        "{journal:#?}"
+    );
+    let status = hook(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["current"], rev_c.as_str());
 }
 
 #[test]

@@ -120,8 +120,17 @@ fn the_whole_lifecycle_under_real_systemd() -> Result<()> {
         "await _send(send, 500, body, b\"application/json\")",
     )?;
     let bundle_c = build_bundle(&app, &dir.path().join("c"), &[])?;
+    // D: healthy again, with other dependencies (another installer makes another venv), so
+    // its unit's ExecStart changes.
+    edit(
+        "await _send(send, 500, body, b\"application/json\")",
+        "await _send(send, 200, body, b\"application/json\")",
+    )?;
+    edit("hello B", "hello D")?;
+    tests::edit_file(&app, "deploy.yaml", "installer: auto", "installer: pip");
+    let bundle_d = build_bundle(&app, &dir.path().join("d"), &[])?;
     let mut names = Vec::new();
-    for bundle in [&bundle_a, &bundle_b, &bundle_c] {
+    for bundle in [&bundle_a, &bundle_b, &bundle_c, &bundle_d] {
         let name = bundle.file_name().context("a bundle has a name")?.to_string_lossy().into_owned();
         fs::copy(bundle, host.path().join(&name))?;
         names.push(name);
@@ -224,6 +233,52 @@ fn the_whole_lifecycle_under_real_systemd() -> Result<()> {
     for id in ["d-SYSD0000A", "d-SYSD0000B", "d-SYSD0000C", "d-SYSD000RA", "manual"] {
         ensure!(ids.iter().any(|i| i == id), "{id} missing from the journal: {ids:?}");
     }
+
+    // 6. A dependency change: the unit changes, systemd reloads it, and the running service is
+    //    the new ExecStart (the new venv), with nothing left for systemd to reload.
+    let venv_of_current = || -> Result<String> {
+        let link = ct.exec_ok(&["readlink", &format!("{APP_ROOT}/current/.venv")])?;
+        Ok(link.trim().rsplit('/').next().unwrap_or_default().to_owned())
+    };
+    let old_venv = venv_of_current()?;
+    // First killed between writing the new unit and reloading systemd: systemd's loaded unit
+    // is then stale, and only a reload owed, not changed bytes, can tell the next run.
+    let archive_d = archive_of("d-SYSD0000D");
+    ct.exec_ok(&["mkdir", "-p", &archive_d])?;
+    ct.exec_ok(&[
+        "sh",
+        "-c",
+        "cd \"$1\" && /bin/tar -zxpsf \"$2\"",
+        "sh",
+        &archive_d,
+        &format!("/srv/deploy/{}", names[3]),
+    ])?;
+    let env = [
+        ("LIFECYCLE_EVENT", "AfterInstall"),
+        ("DEPLOYMENT_ID", "d-SYSD0000D"),
+        ("APPLICATION_NAME", "python-app"),
+        ("DEPLOYMENT_GROUP_NAME", "fleet"),
+        ("DEPLOYMENT_GROUP_ID", GROUP_ID),
+        ("DEPLOY_HOOK_FAILPOINT", "unit: written"),
+    ];
+    let killed = ct.systemd_run(&env, &[&format!("{archive_d}/bin/deploy-hook")])?;
+    ensure!(!killed.status.success(), "not killed: {}", describe(&killed));
+    let stale =
+        ct.exec_ok(&["systemctl", "show", "--property=NeedDaemonReload", "--value", "python-app.service"])?;
+    ensure!(stale.trim() == "yes", "NeedDaemonReload={stale} after the kill");
+    let outs = deploy(&ct, &names[3], "d-SYSD0000D", Some("d-SYSD000RA"))?;
+    assert_all_ok(&outs);
+    serves(&ct, &revision_of(&bundle_d))?;
+    let new_venv = venv_of_current()?;
+    ensure!(new_venv != old_venv, "D kept the venv {old_venv}");
+    let exec = ct.exec_ok(&["systemctl", "show", "--property=ExecStart", "--value", "python-app.service"])?;
+    ensure!(exec.contains(&format!("venvs/{new_venv}/bin/python")), "loaded ExecStart: {exec}");
+    let reload =
+        ct.exec_ok(&["systemctl", "show", "--property=NeedDaemonReload", "--value", "python-app.service"])?;
+    ensure!(reload.trim() == "no", "NeedDaemonReload={reload}");
+    let pid = ct.exec_ok(&["systemctl", "show", "--property=MainPID", "--value", "python-app.service"])?;
+    let cmdline = ct.exec_ok(&["sh", "-c", "tr '\\0' ' ' < /proc/$1/cmdline", "sh", pid.trim()])?;
+    ensure!(cmdline.contains(&format!("venvs/{new_venv}/bin/python")), "running: {cmdline}");
     println!("whole lifecycle under systemd: {:.2?}", started.elapsed());
     Ok(())
 }
