@@ -635,8 +635,11 @@ fn random_kill_soak() {
 fn two_revisions(dir: &Path, port: u16) -> (std::path::PathBuf, std::path::PathBuf) {
     // From the index: revision B's requirements differ only by a comment, which a vendored
     // bundle's hash-pinned requirements would drop (and with it the new venv these tests need).
-    let (_keep, app) =
-        example_variant(port, &[("installer: auto", "installer: pip\ndependencies: index")]).unwrap();
+    let (_keep, app) = example_variant(
+        port,
+        &[("installer: auto", "installer: pip"), ("dependencies: vendored", "dependencies: index")],
+    )
+    .unwrap();
     let a = build_bundle(&app, &dir.join("a"), &[]).unwrap();
     edit_file(&app, "requirements.pip", "wsproto==1.3.2", "wsproto==1.3.2\n# revision B");
     edit_file(&app, "src/app.py", "hello", "hello B");
