@@ -260,7 +260,7 @@ fn cases() -> Vec<(String, String, Vec<&'static str>)> {
         case!(
             "timeout sexagesimal past any integer type",
             "hooks:\n  AfterInstall:\n  - location: bin/h\n    timeout: 99999999999999999999999999999999999999999:00\n",
-            ["E:appspec.timeout"]
+            ["T:appspec.timeout"]
         ),
         case!(
             "timeout yes",
