@@ -4,12 +4,15 @@
 use std::{
     fs,
     io::{BufRead, BufReader, Seek, SeekFrom},
-    os::unix::{
-        fs::OpenOptionsExt,
-        process::{CommandExt, ExitStatusExt},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+        unix::{
+            fs::OpenOptionsExt,
+            process::{CommandExt, ExitStatusExt},
+        },
     },
     path::Path,
-    process::{Command, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
 };
 
@@ -108,27 +111,14 @@ pub fn run(mut cmd: Command, spawn: Spawn<'_>) -> anyhow::Result<()> {
     }
     let mut child = cmd.spawn().with_context(|| format!("cannot start {}", spawn.what))?;
     let pgid = child.id() as libc::pid_t;
-    let started = Instant::now();
-    // Short children (uv venv, an import check) end in milliseconds: poll fast at first, then
-    // back off to 50 ms.
-    let mut pause = Duration::from_millis(1);
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
+    let Some(status) = wait(&mut child, spawn.timeout, interrupted)? else {
         let cause = if interrupted() {
-            Some("stopped: the hook was interrupted by a signal".to_owned())
-        } else if started.elapsed() > spawn.timeout {
-            Some(format!("timed out after {}s", spawn.timeout.as_secs()))
+            "stopped: the hook was interrupted by a signal".to_owned()
         } else {
-            None
+            format!("timed out after {}s", spawn.timeout.as_secs())
         };
-        if let Some(cause) = cause {
-            kill_group(pgid, &mut child);
-            return Err(format_err!("{} {cause}{}", spawn.what, tail(spawn.log, start_offset)));
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(50));
+        kill_group(pgid, &mut child);
+        return Err(format_err!("{} {cause}{}", spawn.what, tail(spawn.log, start_offset)));
     };
     if status.success() {
         return Ok(());
@@ -139,6 +129,46 @@ pub fn run(mut cmd: Command, spawn: Spawn<'_>) -> anyhow::Result<()> {
         _ => "failed".to_owned(),
     };
     Err(format_err!("{} {how}{}", spawn.what, tail(spawn.log, start_offset)))
+}
+
+/// Waits for `child` to exit for at most `limit`, or until `stop` says so: `None` then, the
+/// child still running. Sleeps on a pidfd where the kernel has one, so the hook wakes the moment
+/// the child exits (a first deployment runs half a dozen short children: polling added tens of
+/// milliseconds to each); polls with a growing pause where it does not (old kernels, qemu-user).
+pub fn wait(
+    child: &mut Child,
+    limit: Duration,
+    stop: impl Fn() -> bool,
+) -> std::io::Result<Option<ExitStatus>> {
+    let started = Instant::now();
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1. The child is
+    // ours and not yet reaped, so its pid cannot name another process.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+    // SAFETY: a descriptor just returned to us, owned by nothing else.
+    let pidfd = (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw as RawFd) });
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        let left = limit.saturating_sub(started.elapsed());
+        if stop() || left.is_zero() {
+            return Ok(None);
+        }
+        match &pidfd {
+            Some(fd) => {
+                // At most 100 ms at a time, to notice `stop`; a signal ends the poll early (EINTR).
+                let ms = left.min(Duration::from_millis(100)).as_millis() as libc::c_int + 1;
+                let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                // SAFETY: one valid pollfd for the duration of the call.
+                unsafe { libc::poll(&mut pfd, 1, ms) };
+            }
+            None => {
+                std::thread::sleep(pause.min(left));
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+        }
+    }
 }
 
 /// SIGTERM to the group, then SIGKILL after 5 s.

@@ -8,7 +8,7 @@ use std::{
     io::Read,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, bail, format_err};
@@ -39,19 +39,8 @@ pub struct Probed {
 
 /// Runs `python` (as `ids` when given) to learn its real version, ABI, arch and libc.
 pub fn probe(python: &Path, ids: Option<Ids>) -> anyhow::Result<Probed> {
-    let mut cmd = Command::new(python);
-    cmd.args(["-I", "-S", "-c", PROBE])
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("LANG", "C.UTF-8")
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(ids) = ids {
-        use std::os::unix::process::CommandExt;
-        cmd.uid(ids.uid).gid(ids.gid);
-    }
+    let mut cmd = isolated(python, ids);
+    cmd.args(["-I", "-S", "-c", PROBE]).env("LANG", "C.UTF-8");
     let (status, stdout, stderr) = run_captured(cmd, Duration::from_secs(30))
         .with_context(|| format!("cannot run the interpreter {}", python.display()))?;
     if !status {
@@ -92,21 +81,31 @@ pub fn parse_identity(line: &str) -> Option<Interpreter> {
     Some(Interpreter { version: (major, minor), abi, arch: arch.to_owned(), libc })
 }
 
+/// `program` with nothing of the hook's environment but PATH, in `/`, its output piped, as
+/// `ids` when given: for the short questions asked of an interpreter or a uv.
+fn isolated(program: &Path, ids: Option<Ids>) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(program);
+    cmd.env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(ids) = ids {
+        cmd.uid(ids.uid).gid(ids.gid);
+    }
+    cmd
+}
+
 /// Runs `cmd` with piped stdout and stderr, killing it past `timeout`. For commands that print
 /// a line or two: the pipes are read once it exits.
 fn run_captured(mut cmd: Command, timeout: Duration) -> anyhow::Result<(bool, String, String)> {
     let mut child = cmd.spawn()?;
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if started.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("timed out after {}s", timeout.as_secs());
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    let Some(status) = crate::child::wait(&mut child, timeout, crate::util::interrupted)? else {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("timed out after {}s or interrupted", timeout.as_secs());
     };
     let (mut stdout, mut stderr) = (String::new(), String::new());
     if let Some(mut out) = child.stdout.take() {
@@ -165,18 +164,8 @@ pub fn check_fit(
 /// Whether `ids` (the build identity, which runs the installers) can run `uv`: runs
 /// `uv --version` as that user. The reason why not is what the fallback to pip says.
 pub fn runnable_uv(uv: &Path, ids: Option<Ids>) -> Result<String, String> {
-    let mut cmd = Command::new(uv);
-    cmd.arg("--version")
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(ids) = ids {
-        use std::os::unix::process::CommandExt;
-        cmd.uid(ids.uid).gid(ids.gid);
-    }
+    let mut cmd = isolated(uv, ids);
+    cmd.arg("--version");
     let who = match ids {
         Some(ids) => format!("uid {}", ids.uid),
         None => "this user".to_owned(),
