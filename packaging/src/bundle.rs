@@ -324,6 +324,7 @@ impl Bundle {
                 0o644,
                 render::hypercorn_toml(&render::served_hypercorn(&config)).into_bytes(),
             ),
+            (layout::SERVE_PY.into(), 0o644, render::SERVE_PY.as_bytes().to_vec()),
             (layout::SAMPLE_ENV.into(), 0o644, sample_env),
             (layout::REQUIREMENTS.into(), 0o644, requirements),
         ];

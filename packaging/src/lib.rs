@@ -42,6 +42,9 @@ pub mod layout {
     pub const MANIFEST: &str = "deploy/MANIFEST";
     /// The rendered hypercorn configuration.
     pub const HYPERCORN_TOML: &str = "configs/hypercorn.toml";
+    /// The launcher ExecStart runs: hypercorn, stopping to accept before it closes idle
+    /// connections.
+    pub const SERVE_PY: &str = "configs/serve.py";
     /// The `.env` template.
     pub const SAMPLE_ENV: &str = "configs/sample.env";
     /// The pinned requirements.

@@ -50,14 +50,17 @@ fn plain(value: &str) -> String {
     value.replace('%', "%%")
 }
 
+/// The launcher the unit's ExecStart runs (`configs/serve.py`): hypercorn, made to stop
+/// accepting before it closes idle connections, so a restart on a held socket drops none.
+pub const SERVE_PY: &str = include_str!("render/serve.py");
+
 /// The systemd unit for the service.
 pub fn unit(config: &DeployConfig, release: &Release) -> String {
     let root = release.app_root.as_str();
     let python = format!("{}/bin/python", release.venv_dir());
     let exec = [
         python.as_str(),
-        "-m",
-        "hypercorn",
+        crate::layout::SERVE_PY,
         "--config",
         "configs/hypercorn.toml",
         config.service.asgi_app.as_str(),

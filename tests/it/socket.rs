@@ -181,16 +181,9 @@ fn socket_activation_drops_no_request_across_redeploys() -> Result<()> {
         Ok(())
     })?;
     println!("3 redeploys with socket activation:    {on}");
-    // No connection is refused and none fails otherwise: the socket keeps listening. A reset is
-    // tolerated up to 1 in 200 requests: one run on a loaded machine saw 1 of 714 closed with 0
-    // bytes during a restart, a connection the old hypercorn accepted but did not serve as it shut
-    // down (an open defect, see README "Zero-downtime restarts").
-    ensure!(
-        on.ok > 0 && on.refused == 0 && on.failed == 0 && on.reset * 200 <= on.ok + on.failures(),
-        "{on}: {:?}\n{}",
-        on.samples,
-        ct.journal(UNIT, 40)
-    );
+    // No connection is refused, reset or failed: the socket keeps listening, and the launcher
+    // (configs/serve.py) makes the old hypercorn stop accepting before it closes idle connections.
+    ensure!(on.ok > 0 && on.failures() == 0, "{on}: {:?}\n{}", on.samples, ct.journal(UNIT, 40));
     let (status, body) = ct.http_get(8000, "/healthz")?;
     ensure!(status == 200 && body.contains(&revisions[3]), "{status} {body}");
 

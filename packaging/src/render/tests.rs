@@ -49,7 +49,7 @@ fn unit_file() {
         Environment="PYTHONUNBUFFERED=1"
         Environment="PYTHONDONTWRITEBYTECODE=1"
         Environment="PRICE_FMT=100%% $total"
-        ExecStart="/home/shop/app/venvs/v-830ab5f0e560ae6a/bin/python" "-m" "hypercorn" "--config" "configs/hypercorn.toml" "shop.web:app"
+        ExecStart="/home/shop/app/venvs/v-830ab5f0e560ae6a/bin/python" "configs/serve.py" "--config" "configs/hypercorn.toml" "shop.web:app"
         Restart=on-failure
         RestartSec=2
         TimeoutStopSec=15
