@@ -336,7 +336,7 @@ impl Bundle {
         }
 
         let hashes = read_and_hash(&mut entries)?;
-        let mut manifest = Manifest::default();
+        let mut manifest = Manifest { uv_version: vendored.map(|v| v.uv.1.clone()), ..Manifest::default() };
         for (entry, hash) in entries.iter().zip(hashes) {
             match (&entry.content, hash) {
                 (Content::Symlink { target }, _) => {

@@ -33,6 +33,20 @@ pub struct ManifestEntry {
 pub struct Manifest {
     /// Entries sorted by path bytes.
     pub entries: Vec<ManifestEntry>,
+    /// The version of the uv at `bin/uv`, when the revision carries one: the second line,
+    /// `# bin/uv: uv <version>`.
+    pub uv_version: Option<String>,
+}
+
+/// The second line's prefix when the revision carries uv.
+const UV_LINE: &str = "# bin/uv: uv ";
+
+/// A uv version as its wheels spell it: digits and dots, with an optional pre-release part
+/// (`0.13.9`, `0.5.0rc1`).
+pub fn is_uv_version(version: &str) -> bool {
+    version.len() <= 32
+        && version.starts_with(|c: char| c.is_ascii_digit())
+        && version.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b.is_ascii_lowercase())
 }
 
 /// A manifest that cannot be parsed, or a tree that does not match it.
@@ -125,6 +139,9 @@ impl Manifest {
     pub fn render(&self) -> String {
         let mut out = String::from(HEADER);
         out.push('\n');
+        if let Some(version) = &self.uv_version {
+            out.push_str(&format!("{UV_LINE}{version}\n"));
+        }
         for e in &self.entries {
             out.push_str(&format!("{} {:06o} {} {}\n", e.sha256, e.mode, e.size, e.path));
         }
@@ -139,6 +156,7 @@ impl Manifest {
     /// Parses a manifest's text.
     pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
         let mut entries: Vec<ManifestEntry> = Vec::new();
+        let mut uv_version = None;
         for (idx, line) in text.lines().enumerate() {
             let line_no = idx + 1;
             let err = |message: String| ManifestError::Syntax { line: line_no, message };
@@ -146,6 +164,15 @@ impl Manifest {
                 if line != HEADER {
                     return Err(err(format!("expected the header {HEADER:?}")));
                 }
+                continue;
+            }
+            if idx == 1
+                && let Some(version) = line.strip_prefix(UV_LINE)
+            {
+                if !is_uv_version(version) {
+                    return Err(err(format!("{version:?} is not a uv version")));
+                }
+                uv_version = Some(version.to_owned());
                 continue;
             }
             let mut parts = line.splitn(4, ' ');
@@ -176,7 +203,13 @@ impl Manifest {
         if entries.is_empty() {
             return Err(ManifestError::Syntax { line: 1, message: "the manifest lists no file".into() });
         }
-        Ok(Manifest { entries })
+        if uv_version.is_some() && !entries.iter().any(|e| e.path == layout::UV) {
+            return Err(ManifestError::Syntax {
+                line: 2,
+                message: format!("names a uv version but lists no {}", layout::UV),
+            });
+        }
+        Ok(Manifest { entries, uv_version })
     }
 
     /// Checks every file under `root` against the manifest, and that no other file is there

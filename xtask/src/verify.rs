@@ -750,6 +750,27 @@ fn check_vendored(
         ));
         return;
     };
+    // The MANIFEST names uv's version (hashed into the revision id); release.yaml records the
+    // wheel it came from: both must agree.
+    let recorded = revision
+        .data(layout::MANIFEST)
+        .and_then(|text| std::str::from_utf8(text).ok())
+        .and_then(|text| Manifest::parse(text).ok())
+        .and_then(|manifest| manifest.uv_version);
+    let declared = release.wheels.as_ref().map(|w| w.uv_version.as_str());
+    if recorded.as_deref() != declared {
+        findings.push(Finding::file(
+            layout::MANIFEST,
+            "uv.version",
+            Severity::Error,
+            format!(
+                "the MANIFEST records uv {} but release.yaml says uv_version {}",
+                recorded.as_deref().unwrap_or("(none)"),
+                declared.unwrap_or("(none)")
+            ),
+            "bundle again with cargo xtask bundle",
+        ));
+    }
     let mut found = Vec::new();
     check_elf(layout::UV, data, arch, &mut found);
     for mut finding in found {

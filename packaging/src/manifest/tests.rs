@@ -76,3 +76,22 @@ fn verifies_a_tree() {
     std::os::unix::fs::symlink("/etc/passwd", root.join("src/link")).unwrap();
     assert!(m.verify_tree(root).unwrap_err().to_string().starts_with("src/link: size"));
 }
+
+#[test]
+fn the_uv_line_round_trips_and_is_checked() {
+    let mut m = sample();
+    m.push(layout::UV, EXECUTABLE, b"\x7fELF");
+    m.sort();
+    m.uv_version = Some("0.13.9".into());
+    let text = m.render();
+    assert_eq!(text.lines().nth(1), Some("# bin/uv: uv 0.13.9"));
+    assert_eq!(Manifest::parse(&text).unwrap(), m);
+
+    let bad = text.replace("uv 0.13.9", "uv 0.13.9;rm");
+    expect!["deploy/MANIFEST:2: \"0.13.9;rm\" is not a uv version"]
+        .assert_eq(&Manifest::parse(&bad).unwrap_err().to_string());
+    let without_uv: String =
+        text.lines().filter(|l| !l.ends_with(" bin/uv")).map(|l| format!("{l}\n")).collect();
+    expect!["deploy/MANIFEST:2: names a uv version but lists no bin/uv"]
+        .assert_eq(&Manifest::parse(&without_uv).unwrap_err().to_string());
+}
