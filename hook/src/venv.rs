@@ -115,27 +115,90 @@ pub fn ensure(
     // The interpreter and uv are run as the build identity, never as the app user, whose
     // processes could change what they answer.
     let ids = store.owner.map(|_| store.builder);
-    let probed = wheels::probe(python, ids)?;
-    let venvs = store.dir.sub_owned("venvs", store.me.uid)?;
-    if let Ok(done) = venvs.sub_owned(&key, store.me.uid)
-        && let Some(marker) = done.read(VENV_COMPLETE, 64 << 10)?
-    {
-        let missing = missing_part(store, &key);
-        match wheels::recorded_identity(&String::from_utf8_lossy(&marker)) {
-            _ if missing.is_some() => log.info(format!(
-                "venv {key} is marked complete but has no {}: building it again",
-                missing.unwrap_or_default()
-            )),
-            Some(built_by) if built_by == probed.identity => return Ok(Outcome::Reused),
-            Some(built_by) => log.info(format!(
-                "venv {key} was built by {built_by}, but {} is now {}: building it again",
-                python.display(),
-                probed.identity
-            )),
-            None => log
-                .info(format!("venv {key} does not record the interpreter that built it: building it again")),
+    // The interpreter's self-description is needed first only to judge a venv that is there; for
+    // a new one it is asked while the venv is built (a first deployment is a few short children
+    // in a row), and checked before the venv is marked complete.
+    std::thread::scope(|scope| {
+        let probing = scope.spawn(|| wheels::probe(python, ids));
+        let join = |handle: std::thread::ScopedJoinHandle<'_, anyhow::Result<wheels::Probed>>| {
+            handle.join().map_err(|_| anyhow::format_err!("the probe of {} panicked", python.display()))?
+        };
+        let venvs = store.dir.sub_owned("venvs", store.me.uid)?;
+        let existing = match venvs.sub_owned(&key, store.me.uid) {
+            Ok(done) => done.read(VENV_COMPLETE, 64 << 10)?,
+            Err(_) => None,
+        };
+        let (probing, probed) = match existing {
+            Some(marker) => {
+                let probed = join(probing)?;
+                if reusable(store, &key, &marker, &probed, python, log) {
+                    return Ok(Outcome::Reused);
+                }
+                (None, Some(probed))
+            }
+            None => (Some(probing), None),
+        };
+        let built = build(store, release, &key, requirements, archive, log_file, log, ids);
+        // The probe's failure says more than the installer's about a broken interpreter.
+        let probed = match (probed, probing) {
+            (Some(probed), _) => probed,
+            (None, Some(handle)) => join(handle)?,
+            (None, None) => unreachable!("the probe is either joined or pending"),
+        };
+        let (used, guard) = built?;
+        let built = venvs.sub_owned(&key, store.me.uid)?;
+        let marker = format!("installer={used}\nkey={key}\n{}", wheels::marker_line(&probed));
+        built.write_atomic(VENV_COMPLETE, marker.as_bytes(), 0o644, None)?;
+        guard.disarm();
+        Ok(Outcome::Built(used))
+    })
+}
+
+/// Whether the complete venv `key`, whose marker says `marker`, may be reused with the
+/// interpreter that describes itself as `probed`; says why not.
+fn reusable(
+    store: &Store,
+    key: &str,
+    marker: &[u8],
+    probed: &wheels::Probed,
+    python: &Path,
+    log: &Log,
+) -> bool {
+    let missing = missing_part(store, key);
+    match wheels::recorded_identity(&String::from_utf8_lossy(marker)) {
+        _ if missing.is_some() => log.info(format!(
+            "venv {key} is marked complete but has no {}: building it again",
+            missing.unwrap_or_default()
+        )),
+        Some(built_by) if built_by == probed.identity => return true,
+        Some(built_by) => log.info(format!(
+            "venv {key} was built by {built_by}, but {} is now {}: building it again",
+            python.display(),
+            probed.identity
+        )),
+        None => {
+            log.info(format!("venv {key} does not record the interpreter that built it: building it again"))
         }
     }
+    false
+}
+
+/// Builds `venvs/<key>` from nothing: installers as the build identity `ids`, then checked and
+/// given to root. Returns the installer used and the guard that removes the venv unless the
+/// caller marks it complete.
+#[allow(clippy::too_many_arguments)]
+fn build(
+    store: &Store,
+    release: &Release,
+    key: &str,
+    requirements: &Path,
+    archive: &Path,
+    log_file: &Path,
+    log: &Log,
+    ids: Option<crate::users::Ids>,
+) -> anyhow::Result<(&'static str, RemoveOnDrop)> {
+    let python = Path::new(release.python.as_str());
+    let venvs = store.dir.sub_owned("venvs", store.me.uid)?;
     // The path the installers see: venvs bake it in.
     let dir = store.app_root.join("venvs").join(&key);
     venvs.remove(&key).context("cannot remove an unfinished venv")?;
@@ -215,10 +278,7 @@ pub fn ensure(
     if built.stat_at("bin")?.is_none() {
         bail!("{} has no bin/ after the build; it was moved or replaced while it was built", dir.display());
     }
-    let marker = format!("installer={used}\nkey={key}\n{}", wheels::marker_line(&probed));
-    built.write_atomic(VENV_COMPLETE, marker.as_bytes(), 0o644, None)?;
-    guard.disarm();
-    Ok(Outcome::Built(used))
+    Ok((used, guard))
 }
 
 /// Removes a directory when dropped, unless disarmed: a failed build leaves nothing.
