@@ -29,6 +29,7 @@ use crate::{
     fsx::{self, Dir},
     journal::{Journal, Record, State, states},
     prune,
+    space::{self, Need},
     store::{Lock, READ_CAP, STAGING_PREFIX, Store, lock_wait, write_atomic},
     unit,
     util::{Log, now},
@@ -311,14 +312,81 @@ fn budget(release: &Release, log: &Log) -> Budget {
     Budget::new("AfterInstall", release.timeouts.after_install.secs(), log.elapsed())
 }
 
+/// What a release of `manifest` takes in the app root: the blocks of every file that will be
+/// copied (all of them with `Stage::Copy`, else those the archive cannot lend by a hard link:
+/// another filesystem, not the hook user's), plus `space::LINKED_RELEASE`. Returns the bytes and
+/// how many files of how many are copied.
+fn release_need(
+    store: &Store,
+    revision: &Revision,
+    manifest: &Manifest,
+    stage: Stage,
+) -> (u64, usize, usize) {
+    let dev = store.dir.stat().map(|s| s.st_dev).ok();
+    let mut bytes = space::LINKED_RELEASE + space::on_disk(revision.manifest_text.len() as u64);
+    let (mut copied, mut total) = (0, 1);
+    for entry in manifest.entries.iter().filter(|e| release_path(&e.path).is_some()) {
+        total += 1;
+        let linkable = stage == Stage::Link
+            && fs::symlink_metadata(revision.dir.join(&entry.path))
+                .is_ok_and(|m| m.is_file() && m.uid() == store.me.uid && Some(m.dev()) == dev);
+        if !linkable {
+            bytes += space::on_disk(entry.size);
+            copied += 1;
+        }
+    }
+    (bytes, copied, total)
+}
+
+/// What AfterInstall writes into the state directory: the root copies of the unit, socket
+/// unit, release.yaml and MANIFEST, the journal's rewrite when it is compacted, and
+/// `space::MARGIN` for the installer logs and journal records.
+fn state_need(revision: &Revision, manifest: &Manifest, journal: &Journal) -> Vec<(String, u64)> {
+    let release = &revision.release;
+    let mut copied = vec![layout::unit(release.unit.as_str()), layout::RELEASE_YAML.to_owned()];
+    copied.extend(release.socket_unit().map(|s| layout::unit(&s)));
+    let copies: u64 = space::on_disk(revision.manifest_text.len() as u64)
+        + manifest
+            .entries
+            .iter()
+            .filter(|e| copied.contains(&e.path))
+            .map(|e| space::on_disk(e.size))
+            .sum::<u64>();
+    let mut parts = vec![("root copies".to_owned(), copies)];
+    if let Ok(meta) = fs::metadata(journal.path()) {
+        parts.push(("journal rewrite".to_owned(), space::on_disk(meta.len())));
+    }
+    parts.push(("margin".to_owned(), space::MARGIN));
+    parts
+}
+
+/// Adds what is left on the app root's and the state directory's filesystems to an error a full
+/// disk may explain (`space::annotate`).
+fn space_note(store: &Store, err: anyhow::Error) -> anyhow::Error {
+    space::annotate(err, &[("app root", &store.dir), ("state", &store.state)])
+}
+
 /// Runs AfterInstall for `revision` with the deployment id `deployment_id`; returns the verdict.
+/// A child's failure, or an ENOSPC / EDQUOT error, says how much space is left where.
 pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -> anyhow::Result<String> {
     let release = &revision.release;
-    let rev = revision.id.as_str();
     // Before anything is written anywhere: release.yaml names the app root that everything
     // after this creates, locks and cleans.
     let manifest = log.step("verify revision", |_| revision.verify())?;
     let store = log.step("resolve user and app root", |_| Store::open(&ctx.root, release))?;
+    deploy(ctx, revision, deployment_id, log, &manifest, &store).map_err(|err| space_note(&store, err))
+}
+
+fn deploy(
+    ctx: &Ctx,
+    revision: &Revision,
+    deployment_id: &str,
+    log: &mut Log,
+    manifest: &Manifest,
+    store: &Store,
+) -> anyhow::Result<String> {
+    let release = &revision.release;
+    let rev = revision.id.as_str();
     let holder =
         format!("pid {} (deployment {deployment_id}, AfterInstall, since {})", std::process::id(), now());
     let _lock = log.step("lock", |log| Lock::acquire(&store, &holder, lock_wait(), &|m| log.info(m)))?;
@@ -346,6 +414,33 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
         ));
     }
     let known = recorded && missing.is_none();
+    let wheels = space::wheel_bytes(release, manifest);
+    // Before anything is written into either: room for the release, the venv (when it is not
+    // complete), the root copies and the journal, for unprivileged users. Root could go on into
+    // the reserved blocks, and leave the app nothing to write its own files with.
+    log.step("free space", |log| {
+        let mut app = Vec::new();
+        if !known {
+            let (bytes, copied, total) = release_need(store, revision, manifest, Stage::from_env());
+            app.push((format!("release ({copied} of {total} files copied)"), bytes));
+        }
+        if venv::missing_part(store, &release.venv_key).is_some() {
+            app.push(("venv".to_owned(), space::venv_need(wheels)));
+        }
+        app.push(("margin".to_owned(), space::MARGIN));
+        let needs = [
+            Need { role: "app root", dir: &store.dir, parts: app },
+            Need { role: "state", dir: &store.state, parts: state_need(revision, manifest, &journal) },
+        ];
+        let found = space::ensure(&format!("revision {rev}"), &needs)?;
+        let shown: Vec<String> = needs
+            .iter()
+            .zip(&found)
+            .map(|(n, f)| format!("{} on {} ({})", space::human(f.bytes), f.mount.display(), n.role))
+            .collect();
+        log.info(format!("available to unprivileged users: {}", shown.join(", ")));
+        Ok(())
+    })?;
     let logs_file = store.state.path.join("logs").join(format!("{deployment_id}.log"));
     log.step("environment file", |log| {
         let sample = fsx::read_trusted(&revision.dir.join(layout::SAMPLE_ENV), READ_CAP)?;
@@ -376,6 +471,7 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
                     &requirements_shown(rev),
                     &revision.dir,
                     &logs_file,
+                    space::venv_need(wheels),
                     log,
                 )
             })?;
@@ -410,6 +506,7 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
                     &requirements_shown(&staging_name),
                     &revision.dir,
                     &logs_file,
+                    space::venv_need(wheels),
                     log,
                 )
             })?;
@@ -470,6 +567,8 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
             Err(err) => {
                 drop(guard);
                 let _ = store.clean_tmp();
+                // What is left once the staging is gone: what the next try has.
+                let err = space_note(store, err);
                 let _ = journal.append(
                     &record(deployment_id, rev, State::Failed, log, release).message(format!("{err:#}")),
                 );
