@@ -323,15 +323,20 @@ fn release_need(
     stage: Stage,
 ) -> (u64, usize, usize) {
     let dev = store.dir.stat().map(|s| s.st_dev).ok();
-    let mut bytes = space::LINKED_RELEASE + space::on_disk(revision.manifest_text.len() as u64);
-    let (mut copied, mut total) = (0, 1);
-    for entry in manifest.entries.iter().filter(|e| release_path(&e.path).is_some()) {
+    let files = manifest
+        .entries
+        .iter()
+        .filter(|e| release_path(&e.path).is_some())
+        .map(|e| (e.path.as_str(), e.size))
+        .chain([(layout::MANIFEST, revision.manifest_text.len() as u64)]);
+    let (mut bytes, mut copied, mut total) = (space::LINKED_RELEASE, 0, 0);
+    for (path, size) in files {
         total += 1;
         let linkable = stage == Stage::Link
-            && fs::symlink_metadata(revision.dir.join(&entry.path))
+            && fs::symlink_metadata(revision.dir.join(path))
                 .is_ok_and(|m| m.is_file() && m.uid() == store.me.uid && Some(m.dev()) == dev);
         if !linkable {
-            bytes += space::on_disk(entry.size);
+            bytes += space::on_disk(size);
             copied += 1;
         }
     }
