@@ -382,6 +382,7 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
     deploy(ctx, revision, deployment_id, log, &manifest, &store).map_err(|err| space_note(&store, err))
 }
 
+/// AfterInstall from the lock on, with the revision verified and the store open.
 fn deploy(
     ctx: &Ctx,
     revision: &Revision,
@@ -394,10 +395,10 @@ fn deploy(
     let rev = revision.id.as_str();
     let holder =
         format!("pid {} (deployment {deployment_id}, AfterInstall, since {})", std::process::id(), now());
-    let _lock = log.step("lock", |log| Lock::acquire(&store, &holder, lock_wait(), &|m| log.info(m)))?;
+    let _lock = log.step("lock", |log| Lock::acquire(store, &holder, lock_wait(), &|m| log.info(m)))?;
     log.step("prepare app root", |log| store.ensure_layout(&|m| log.info(m)))?;
     log.step("clean unfinished", |log| {
-        let service = ctx.service(release, &store);
+        let service = ctx.service(release, store);
         let unit_dir = service.unit_file.parent().context("a unit file has a directory")?;
         let mut removed = store.clean_unfinished()?;
         removed
@@ -412,7 +413,7 @@ fn deploy(
     let release_dir = store.release(rev)?;
     let recorded = matches!(states(&records).get(rev), Some(State::Ready | State::Live | State::Bad))
         && store.has_release(rev);
-    let missing = if recorded { release_missing(&release_dir, &manifest, rev) } else { None };
+    let missing = if recorded { release_missing(&release_dir, manifest, rev) } else { None };
     if let Some(what) = &missing {
         log.info(format!(
             "release {rev} is recorded as built but is incomplete ({what}), as a removal cut short leaves it: building it again"
@@ -457,7 +458,7 @@ fn deploy(
         }
         Ok(())
     })?;
-    log.step("save root copies", |_| save_copies(&store, revision))?;
+    log.step("save root copies", |_| save_copies(store, revision))?;
     let requirements_shown = |dir: &str| store.app_root.join("releases").join(dir).join(layout::REQUIREMENTS);
     let venv_note;
     if known {
@@ -465,12 +466,12 @@ fn deploy(
         venv_note = "flip";
         // Its venv is reused only when complete (it may have been removed by hand or cut
         // short): else built again, keeping the release as it is.
-        if let Some(part) = venv::missing_part(&store, &release.venv_key) {
+        if let Some(part) = venv::missing_part(store, &release.venv_key) {
             log.info(format!("venv {} has no {part}: building it again", release.venv_key));
             log.step("python environment", |log| {
                 let requirements = fsx::read_trusted(&release_dir.join(layout::REQUIREMENTS), READ_CAP)?;
                 venv::ensure(
-                    &store,
+                    store,
                     release,
                     &requirements,
                     &requirements_shown(rev),
@@ -492,8 +493,8 @@ fn deploy(
         let built = (|| -> anyhow::Result<&'static str> {
             log.step("stage release", |log| {
                 releases.ensure_dir(&staging_name, 0o755, store.me.uid, store.me.gid)?;
-                let staged = stage_files(&store, revision, &manifest, &staging, Stage::from_env())?;
-                link_release(&store, release, rev, &staging, log)?;
+                let staged = stage_files(store, revision, manifest, &staging, Stage::from_env())?;
+                link_release(store, release, rev, &staging, log)?;
                 log.info(format!(
                     "{} files linked and {} copied into {}",
                     staged.linked,
@@ -505,7 +506,7 @@ fn deploy(
             let outcome = log.step("python environment", |log| {
                 let requirements = fsx::read_trusted(&staging.join(layout::REQUIREMENTS), READ_CAP)?;
                 venv::ensure(
-                    &store,
+                    store,
                     release,
                     &requirements,
                     &requirements_shown(&staging_name),
@@ -519,7 +520,7 @@ fn deploy(
                 let unit_text =
                     fsx::read_trusted(&revision.dir.join(layout::unit(release.unit.as_str())), READ_CAP)?;
                 let module = unit::asgi_module(&String::from_utf8_lossy(&unit_text))?;
-                let mut cmd = release_command(&store, release, &staging_shown, "python")?;
+                let mut cmd = release_command(store, release, &staging_shown, "python")?;
                 cmd.args([
                     "-c",
                     "import importlib, sys; import hypercorn; importlib.import_module(sys.argv[1])",
@@ -538,7 +539,7 @@ fn deploy(
             for post in &release.post_install {
                 log.step(&format!("post-install {}", post.name), |log| {
                     let mut cmd =
-                        release_command(&store, release, &staging_shown, post.run.program().as_str())?;
+                        release_command(store, release, &staging_shown, post.run.program().as_str())?;
                     cmd.args(post.run.args().iter().map(|a| a.as_str()))
                         .env("DEPLOY_REVISION", rev)
                         .env("DEPLOYMENT_ID", deployment_id);
@@ -581,7 +582,7 @@ fn deploy(
             }
         }
     }
-    let service = ctx.service(release, &store);
+    let service = ctx.service(release, store);
     log.step("install unit", |log| {
         // From the archive the agent extracted as root: never from the release directory.
         let wanted = fsx::read_trusted(&revision.dir.join(layout::unit(release.unit.as_str())), READ_CAP)?;
@@ -603,7 +604,7 @@ fn deploy(
         if let Err(err) = journal.append(&live) {
             // The journal must say what `current` is on: when it cannot say the switch
             // happened (a full disk), the switch is undone.
-            return Err(match switched.then(|| undo_switch(ctx, &store, previous.as_deref(), log)) {
+            return Err(match switched.then(|| undo_switch(ctx, store, previous.as_deref(), log)) {
                 None | Some(Ok(())) => err.context(format!(
                     "cannot record {rev} as live; current is back on {}",
                     previous.as_deref().unwrap_or("no release")
@@ -614,7 +615,7 @@ fn deploy(
             });
         }
     }
-    if let Err(err) = log.step("prune", |log| prune::prune(&store, &journal, release.keep_releases, log)) {
+    if let Err(err) = log.step("prune", |log| prune::prune(store, &journal, release.keep_releases, log)) {
         log.info(format!("warning: pruning failed, the deploy stands: {err:#}"));
     }
     compact_journal(&journal, log);

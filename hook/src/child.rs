@@ -54,7 +54,7 @@ impl std::fmt::Display for ChildFailed {
 impl std::error::Error for ChildFailed {}
 
 impl ChildFailed {
-    fn new(message: String, log: &Path, from: u64) -> anyhow::Error {
+    fn error(message: String, log: &Path, from: u64) -> anyhow::Error {
         anyhow::Error::new(ChildFailed { message, note: String::new(), tail: tail(log, from) })
     }
 }
@@ -145,7 +145,7 @@ pub fn run(mut cmd: Command, spawn: Spawn<'_>) -> anyhow::Result<()> {
             format!("timed out after {}s", spawn.timeout.as_secs())
         };
         kill_group(pgid, &mut child);
-        return Err(ChildFailed::new(format!("{} {cause}", spawn.what), spawn.log, start_offset));
+        return Err(ChildFailed::error(format!("{} {cause}", spawn.what), spawn.log, start_offset));
     };
     if status.success() {
         return Ok(());
@@ -155,7 +155,7 @@ pub fn run(mut cmd: Command, spawn: Spawn<'_>) -> anyhow::Result<()> {
         (None, Some(signal)) => format!("was killed by signal {signal}"),
         _ => "failed".to_owned(),
     };
-    Err(ChildFailed::new(format!("{} {how}", spawn.what), spawn.log, start_offset))
+    Err(ChildFailed::error(format!("{} {how}", spawn.what), spawn.log, start_offset))
 }
 
 /// Waits for `child` to exit for at most `limit`, or until `stop` says so: `None` then, the

@@ -76,7 +76,7 @@ impl Free {
     }
 
     fn new(stat: &libc::statvfs, path: &Path, dev: u64) -> Free {
-        Free { bytes: stat.f_bavail as u64 * stat.f_frsize as u64, mount: mount_point(path, dev), dev }
+        Free { bytes: stat.f_bavail * stat.f_frsize, mount: mount_point(path, dev), dev }
     }
 }
 

@@ -14,7 +14,7 @@ use tests::{
     sandbox::{APP_UID, Sandbox, example_variant, free_port, http_get},
 };
 
-pub(crate) const UNIT: &str = "python-app.service";
+const UNIT: &str = "python-app.service";
 
 fn last_line(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).lines().last().unwrap_or_default().to_owned()

@@ -18,8 +18,7 @@ use tests::{
 };
 
 use crate::after_install::{
-    UNIT, assert_current_complete, assert_failed, assert_nothing_half_built, assert_ok,
-    assert_unit_is_current,
+    assert_current_complete, assert_failed, assert_nothing_half_built, assert_ok, assert_unit_is_current,
 };
 
 /// A loop-mounted filesystem, unmounted when dropped (lazily if it is still busy).
@@ -140,7 +139,7 @@ fn a_full_disk_fails_with_a_message_about_space_and_changes_nothing() {
         "the journal changed"
     );
     assert_eq!(last_live(&sandbox), rev_a);
-    assert_eq!(sandbox.listing("releases"), [rev_a.clone()], "something was staged");
+    assert_eq!(sandbox.listing("releases"), [rev_a.as_str()], "something was staged");
     let copies = fs::read_dir(sandbox.state_dir().join("releases")).unwrap().count();
     assert_eq!(copies, 1, "root copies of B were written");
 
