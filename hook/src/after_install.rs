@@ -29,6 +29,7 @@ use crate::{
     fsx::{self, Dir},
     journal::{Journal, Record, State, states},
     prune,
+    space::{self, Need},
     store::{Lock, READ_CAP, STAGING_PREFIX, Store, lock_wait, write_atomic},
     unit,
     util::{Log, now},
@@ -311,20 +312,93 @@ fn budget(release: &Release, log: &Log) -> Budget {
     Budget::new("AfterInstall", release.timeouts.after_install.secs(), log.elapsed())
 }
 
+/// What a release of `manifest` takes in the app root: the blocks of every file that will be
+/// copied (all of them with `Stage::Copy`, else those the archive cannot lend by a hard link:
+/// another filesystem, not the hook user's), plus `space::LINKED_RELEASE`. Returns the bytes and
+/// how many files of how many are copied.
+fn release_need(
+    store: &Store,
+    revision: &Revision,
+    manifest: &Manifest,
+    stage: Stage,
+) -> (u64, usize, usize) {
+    let dev = store.dir.stat().map(|s| s.st_dev).ok();
+    let files = manifest
+        .entries
+        .iter()
+        .filter(|e| release_path(&e.path).is_some())
+        .map(|e| (e.path.as_str(), e.size))
+        .chain([(layout::MANIFEST, revision.manifest_text.len() as u64)]);
+    let (mut bytes, mut copied, mut total) = (space::LINKED_RELEASE, 0, 0);
+    for (path, size) in files {
+        total += 1;
+        let linkable = stage == Stage::Link
+            && fs::symlink_metadata(revision.dir.join(path))
+                .is_ok_and(|m| m.is_file() && m.uid() == store.me.uid && Some(m.dev()) == dev);
+        if !linkable {
+            bytes += space::on_disk(size);
+            copied += 1;
+        }
+    }
+    (bytes, copied, total)
+}
+
+/// What AfterInstall writes into the state directory: the root copies of the unit, socket
+/// unit, release.yaml and MANIFEST, the journal's rewrite when it is compacted, and
+/// `space::MARGIN` for the installer logs and journal records.
+fn state_need(revision: &Revision, manifest: &Manifest, journal: &Journal) -> Vec<(String, u64)> {
+    let release = &revision.release;
+    let mut copied = vec![layout::unit(release.unit.as_str()), layout::RELEASE_YAML.to_owned()];
+    copied.extend(release.socket_unit().map(|s| layout::unit(&s)));
+    let copies: u64 = space::on_disk(revision.manifest_text.len() as u64)
+        + manifest
+            .entries
+            .iter()
+            .filter(|e| copied.contains(&e.path))
+            .map(|e| space::on_disk(e.size))
+            .sum::<u64>();
+    let mut parts = vec![("root copies".to_owned(), copies)];
+    if let Ok(meta) = fs::metadata(journal.path()) {
+        parts.push(("journal rewrite".to_owned(), space::on_disk(meta.len())));
+    }
+    parts.push(("margin".to_owned(), space::MARGIN));
+    parts
+}
+
+/// Adds what is left on the app root's and the state directory's filesystems to an error a full
+/// disk may explain (`space::annotate`).
+fn space_note(store: &Store, err: anyhow::Error) -> anyhow::Error {
+    space::annotate(err, &[("app root", &store.dir), ("state", &store.state)])
+}
+
 /// Runs AfterInstall for `revision` with the deployment id `deployment_id`; returns the verdict.
+/// A child's failure, or an ENOSPC / EDQUOT error, says how much space is left where.
 pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -> anyhow::Result<String> {
     let release = &revision.release;
-    let rev = revision.id.as_str();
     // Before anything is written anywhere: release.yaml names the app root that everything
     // after this creates, locks and cleans.
     let manifest = log.step("verify revision", |_| revision.verify())?;
     let store = log.step("resolve user and app root", |_| Store::open(&ctx.root, release))?;
+    deploy(ctx, revision, deployment_id, log, &manifest, &store).map_err(|err| space_note(&store, err))
+}
+
+/// AfterInstall from the lock on, with the revision verified and the store open.
+fn deploy(
+    ctx: &Ctx,
+    revision: &Revision,
+    deployment_id: &str,
+    log: &mut Log,
+    manifest: &Manifest,
+    store: &Store,
+) -> anyhow::Result<String> {
+    let release = &revision.release;
+    let rev = revision.id.as_str();
     let holder =
         format!("pid {} (deployment {deployment_id}, AfterInstall, since {})", std::process::id(), now());
-    let _lock = log.step("lock", |log| Lock::acquire(&store, &holder, lock_wait(), &|m| log.info(m)))?;
+    let _lock = log.step("lock", |log| Lock::acquire(store, &holder, lock_wait(), &|m| log.info(m)))?;
     log.step("prepare app root", |log| store.ensure_layout(&|m| log.info(m)))?;
     log.step("clean unfinished", |log| {
-        let service = ctx.service(release, &store);
+        let service = ctx.service(release, store);
         let unit_dir = service.unit_file.parent().context("a unit file has a directory")?;
         let mut removed = store.clean_unfinished()?;
         removed
@@ -339,13 +413,40 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
     let release_dir = store.release(rev)?;
     let recorded = matches!(states(&records).get(rev), Some(State::Ready | State::Live | State::Bad))
         && store.has_release(rev);
-    let missing = if recorded { release_missing(&release_dir, &manifest, rev) } else { None };
+    let missing = if recorded { release_missing(&release_dir, manifest, rev) } else { None };
     if let Some(what) = &missing {
         log.info(format!(
             "release {rev} is recorded as built but is incomplete ({what}), as a removal cut short leaves it: building it again"
         ));
     }
     let known = recorded && missing.is_none();
+    let wheels = space::wheel_bytes(release, manifest);
+    // Before anything is written into either: room for the release, the venv (when it is not
+    // complete), the root copies and the journal, for unprivileged users. Root could go on into
+    // the reserved blocks, and leave the app nothing to write its own files with.
+    log.step("free space", |log| {
+        let mut app = Vec::new();
+        if !known {
+            let (bytes, copied, total) = release_need(store, revision, manifest, Stage::from_env());
+            app.push((format!("release ({copied} of {total} files copied)"), bytes));
+        }
+        if venv::missing_part(store, &release.venv_key).is_some() {
+            app.push(("venv".to_owned(), space::venv_need(wheels)));
+        }
+        app.push(("margin".to_owned(), space::MARGIN));
+        let needs = [
+            Need { role: "app root", dir: &store.dir, parts: app },
+            Need { role: "state", dir: &store.state, parts: state_need(revision, manifest, &journal) },
+        ];
+        let found = space::ensure(&format!("revision {rev}"), &needs)?;
+        let shown: Vec<String> = needs
+            .iter()
+            .zip(&found)
+            .map(|(n, f)| format!("{} on {} ({})", space::human(f.bytes), f.mount.display(), n.role))
+            .collect();
+        log.info(format!("available to unprivileged users: {}", shown.join(", ")));
+        Ok(())
+    })?;
     let logs_file = store.state.path.join("logs").join(format!("{deployment_id}.log"));
     log.step("environment file", |log| {
         let sample = fsx::read_trusted(&revision.dir.join(layout::SAMPLE_ENV), READ_CAP)?;
@@ -357,7 +458,7 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
         }
         Ok(())
     })?;
-    log.step("save root copies", |_| save_copies(&store, revision))?;
+    log.step("save root copies", |_| save_copies(store, revision))?;
     let requirements_shown = |dir: &str| store.app_root.join("releases").join(dir).join(layout::REQUIREMENTS);
     let venv_note;
     if known {
@@ -365,17 +466,18 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
         venv_note = "flip";
         // Its venv is reused only when complete (it may have been removed by hand or cut
         // short): else built again, keeping the release as it is.
-        if let Some(part) = venv::missing_part(&store, &release.venv_key) {
+        if let Some(part) = venv::missing_part(store, &release.venv_key) {
             log.info(format!("venv {} has no {part}: building it again", release.venv_key));
             log.step("python environment", |log| {
                 let requirements = fsx::read_trusted(&release_dir.join(layout::REQUIREMENTS), READ_CAP)?;
                 venv::ensure(
-                    &store,
+                    store,
                     release,
                     &requirements,
                     &requirements_shown(rev),
                     &revision.dir,
                     &logs_file,
+                    space::venv_need(wheels),
                     log,
                 )
             })?;
@@ -391,8 +493,8 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
         let built = (|| -> anyhow::Result<&'static str> {
             log.step("stage release", |log| {
                 releases.ensure_dir(&staging_name, 0o755, store.me.uid, store.me.gid)?;
-                let staged = stage_files(&store, revision, &manifest, &staging, Stage::from_env())?;
-                link_release(&store, release, rev, &staging, log)?;
+                let staged = stage_files(store, revision, manifest, &staging, Stage::from_env())?;
+                link_release(store, release, rev, &staging, log)?;
                 log.info(format!(
                     "{} files linked and {} copied into {}",
                     staged.linked,
@@ -404,12 +506,13 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
             let outcome = log.step("python environment", |log| {
                 let requirements = fsx::read_trusted(&staging.join(layout::REQUIREMENTS), READ_CAP)?;
                 venv::ensure(
-                    &store,
+                    store,
                     release,
                     &requirements,
                     &requirements_shown(&staging_name),
                     &revision.dir,
                     &logs_file,
+                    space::venv_need(wheels),
                     log,
                 )
             })?;
@@ -417,7 +520,7 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
                 let unit_text =
                     fsx::read_trusted(&revision.dir.join(layout::unit(release.unit.as_str())), READ_CAP)?;
                 let module = unit::asgi_module(&String::from_utf8_lossy(&unit_text))?;
-                let mut cmd = release_command(&store, release, &staging_shown, "python")?;
+                let mut cmd = release_command(store, release, &staging_shown, "python")?;
                 cmd.args([
                     "-c",
                     "import importlib, sys; import hypercorn; importlib.import_module(sys.argv[1])",
@@ -436,7 +539,7 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
             for post in &release.post_install {
                 log.step(&format!("post-install {}", post.name), |log| {
                     let mut cmd =
-                        release_command(&store, release, &staging_shown, post.run.program().as_str())?;
+                        release_command(store, release, &staging_shown, post.run.program().as_str())?;
                     cmd.args(post.run.args().iter().map(|a| a.as_str()))
                         .env("DEPLOY_REVISION", rev)
                         .env("DEPLOYMENT_ID", deployment_id);
@@ -470,6 +573,8 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
             Err(err) => {
                 drop(guard);
                 let _ = store.clean_tmp();
+                // What is left once the staging is gone: what the next try has.
+                let err = space_note(store, err);
                 let _ = journal.append(
                     &record(deployment_id, rev, State::Failed, log, release).message(format!("{err:#}")),
                 );
@@ -477,7 +582,7 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
             }
         }
     }
-    let service = ctx.service(release, &store);
+    let service = ctx.service(release, store);
     log.step("install unit", |log| {
         // From the archive the agent extracted as root: never from the release directory.
         let wanted = fsx::read_trusted(&revision.dir.join(layout::unit(release.unit.as_str())), READ_CAP)?;
@@ -499,7 +604,7 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
         if let Err(err) = journal.append(&live) {
             // The journal must say what `current` is on: when it cannot say the switch
             // happened (a full disk), the switch is undone.
-            return Err(match switched.then(|| undo_switch(ctx, &store, previous.as_deref(), log)) {
+            return Err(match switched.then(|| undo_switch(ctx, store, previous.as_deref(), log)) {
                 None | Some(Ok(())) => err.context(format!(
                     "cannot record {rev} as live; current is back on {}",
                     previous.as_deref().unwrap_or("no release")
@@ -510,7 +615,7 @@ pub fn run(ctx: &Ctx, revision: &Revision, deployment_id: &str, log: &mut Log) -
             });
         }
     }
-    if let Err(err) = log.step("prune", |log| prune::prune(&store, &journal, release.keep_releases, log)) {
+    if let Err(err) = log.step("prune", |log| prune::prune(store, &journal, release.keep_releases, log)) {
         log.info(format!("warning: pruning failed, the deploy stands: {err:#}"));
     }
     compact_journal(&journal, log);

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, bail, format_err};
+use anyhow::{Context, bail};
 
 use crate::{users::Ids, util::interrupted};
 
@@ -30,6 +30,33 @@ pub struct Spawn<'a> {
     pub timeout: Duration,
     /// Where its stdout and stderr go (appended).
     pub log: &'a Path,
+}
+
+/// A child that did not succeed: it exited non-zero, was killed, timed out or was stopped.
+/// Shown as its message, a note (what is left on the disks, added by `space::annotate`), then
+/// the tail of its output, so the first line of the error says what happened and why.
+#[derive(Debug)]
+pub struct ChildFailed {
+    /// What failed and how: `uv pip install exited with status 2`.
+    pub message: String,
+    /// Empty, or `; 0.3 MiB left on ...`.
+    pub note: String,
+    /// Empty, or `; last output (full log: ...):` and its last lines.
+    pub tail: String,
+}
+
+impl std::fmt::Display for ChildFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}{}", self.message, self.note, self.tail)
+    }
+}
+
+impl std::error::Error for ChildFailed {}
+
+impl ChildFailed {
+    fn error(message: String, log: &Path, from: u64) -> anyhow::Error {
+        anyhow::Error::new(ChildFailed { message, note: String::new(), tail: tail(log, from) })
+    }
 }
 
 /// Time the hook keeps for its own work after its last child in an event: the switch, the
@@ -118,7 +145,7 @@ pub fn run(mut cmd: Command, spawn: Spawn<'_>) -> anyhow::Result<()> {
             format!("timed out after {}s", spawn.timeout.as_secs())
         };
         kill_group(pgid, &mut child);
-        return Err(format_err!("{} {cause}{}", spawn.what, tail(spawn.log, start_offset)));
+        return Err(ChildFailed::error(format!("{} {cause}", spawn.what), spawn.log, start_offset));
     };
     if status.success() {
         return Ok(());
@@ -128,7 +155,7 @@ pub fn run(mut cmd: Command, spawn: Spawn<'_>) -> anyhow::Result<()> {
         (None, Some(signal)) => format!("was killed by signal {signal}"),
         _ => "failed".to_owned(),
     };
-    Err(format_err!("{} {how}{}", spawn.what, tail(spawn.log, start_offset)))
+    Err(ChildFailed::error(format!("{} {how}", spawn.what), spawn.log, start_offset))
 }
 
 /// Waits for `child` to exit for at most `limit`, or until `stop` says so: `None` then, the

@@ -16,6 +16,7 @@ mod listen;
 mod process;
 mod prune;
 mod service;
+mod space;
 mod store;
 mod unit;
 mod users;

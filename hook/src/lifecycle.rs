@@ -12,15 +12,15 @@ use crate::{
     health,
     journal::{Journal, Record, State, live_history, states},
     prune,
+    space::{self, human},
     store::{Lock, READ_CAP, Store, VENV_COMPLETE, is_revision, lock_wait},
     unit, users,
     util::{Log, now},
     wheels,
 };
 
-/// Room a venv of ours takes, roughly (hypercorn and a web framework), for the preflight.
-const VENV_ESTIMATE: u64 = 300 << 20;
-/// Slack on top of what a deployment writes.
+/// Slack on top of what a deployment writes, for the preflight (AfterInstall checks again, with
+/// `space::MARGIN`, right before it writes).
 const SPACE_MARGIN: u64 = 100 << 20;
 
 /// ApplicationStop, run from the *previous* revision's archive. Never fails a deployment: a
@@ -45,26 +45,6 @@ pub fn application_stop(ctx: &Ctx, revision: &Revision, log: &Log) -> String {
     res.unwrap_or_else(|err| {
         format!("application-stop ok, with a warning (a failed stop must not block deployments): {err:#}")
     })
-}
-
-/// Free bytes for unprivileged users on the filesystem holding `path` (or its nearest
-/// existing ancestor).
-fn free_space(path: &Path) -> anyhow::Result<(u64, std::path::PathBuf)> {
-    let mut probe = path.to_path_buf();
-    while !probe.exists() {
-        probe = probe.parent().context("no existing ancestor")?.to_path_buf();
-    }
-    let c_path = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes())?;
-    // SAFETY: statvfs writes into the zeroed struct we own.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("statvfs {}", probe.display()));
-    }
-    Ok((stat.f_bavail as u64 * stat.f_frsize as u64, probe))
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.0} MiB", bytes as f64 / f64::from(1 << 20))
 }
 
 /// BeforeInstall: preflight (user, group, interpreter, free space, lock) and removal of what
@@ -97,20 +77,22 @@ pub fn before_install(ctx: &Ctx, revision: &Revision, log: &mut Log) -> anyhow::
         let manifest = Manifest::parse(&revision.manifest_text)?;
         let files: u64 = manifest.entries.iter().map(|e| e.size).sum();
         let venv_ready = store.venvs().join(&release.venv_key).join(VENV_COMPLETE).is_file();
-        let need = files + if venv_ready { 0 } else { VENV_ESTIMATE } + SPACE_MARGIN;
-        let (free, on) = free_space(&store.app_root)?;
-        if free < need {
+        let venv = if venv_ready { 0 } else { space::venv_need(space::wheel_bytes(release, &manifest)) };
+        let need = files + venv + SPACE_MARGIN;
+        let free = space::Free::of_path(&store.app_root)?;
+        if free.bytes < need {
             bail!(
-                "only {} free on the filesystem of {}; this revision needs about {} (release {}, venv {}, margin {})",
-                mib(free),
-                on.display(),
-                mib(need),
-                mib(files),
-                if venv_ready { "reused".into() } else { mib(VENV_ESTIMATE) },
-                mib(SPACE_MARGIN)
+                "not enough space on {} for revision {}: needs about {} (release {}, venv {}, margin {}), {} available to unprivileged users; root's reserved blocks are not counted",
+                free.mount.display(),
+                revision.id,
+                human(need),
+                human(files),
+                if venv_ready { "reused".into() } else { human(venv) },
+                human(SPACE_MARGIN),
+                human(free.bytes)
             );
         }
-        Ok((free, need))
+        Ok((free.bytes, need))
     })?;
     let mut cleaned = 0;
     let holder = format!("pid {} (BeforeInstall, since {})", std::process::id(), now());
@@ -135,8 +117,8 @@ pub fn before_install(ctx: &Ctx, revision: &Revision, log: &mut Log) -> anyhow::
         ids.uid,
         ids.gid,
         release.python,
-        mib(free),
-        mib(need)
+        human(free),
+        human(need)
     ))
 }
 

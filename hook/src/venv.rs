@@ -20,6 +20,7 @@ use packaging::config::{Installer, Release};
 
 use crate::{
     child::{Budget, Spawn},
+    space,
     store::{Store, VENV_COMPLETE},
     util::Log,
     wheels,
@@ -91,7 +92,10 @@ pub fn missing_part(store: &Store, key: &str) -> Option<&'static str> {
 /// Makes `venvs/<key>` exist and be complete with release.yaml's interpreter; `archive` is the
 /// extracted revision (where a vendored `bin/uv` is). A complete venv is reused
 /// only when the interpreter is the one that built it (its real version, ABI, arch and libc, as
-/// recorded in the marker); otherwise it is built again, saying why.
+/// recorded in the marker); otherwise it is built again, saying why. Before a build, the app
+/// root's filesystem must have `need` bytes (`space::venv_need`) and `space::MARGIN` available
+/// to unprivileged users.
+#[allow(clippy::too_many_arguments)]
 pub fn ensure(
     store: &Store,
     release: &Release,
@@ -99,6 +103,7 @@ pub fn ensure(
     requirements: &Path,
     archive: &Path,
     log_file: &Path,
+    need: u64,
     log: &Log,
 ) -> anyhow::Result<Outcome> {
     let python = Path::new(release.python.as_str());
@@ -202,6 +207,14 @@ fn build(
     // The path the installers see: venvs bake it in.
     let dir = store.app_root.join("venvs").join(&key);
     venvs.remove(&key).context("cannot remove an unfinished venv")?;
+    space::ensure(
+        &format!("venv {key}"),
+        &[space::Need {
+            role: "app root",
+            dir: &store.dir,
+            parts: vec![("venv".into(), need), ("margin".into(), space::MARGIN)],
+        }],
+    )?;
     let uv = match release.installer {
         Installer::Pip => None,
         Installer::Uv => Some(

@@ -20,14 +20,14 @@ fn last_line(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).lines().last().unwrap_or_default().to_owned()
 }
 
-fn assert_ok(output: &Output) -> String {
+pub(crate) fn assert_ok(output: &Output) -> String {
     assert!(output.status.success(), "{}", describe(output));
     let last = last_line(output);
     assert!(last.starts_with("after-install ok: "), "{}", describe(output));
     last
 }
 
-fn assert_failed(output: &Output, cause: &str) {
+pub(crate) fn assert_failed(output: &Output, cause: &str) {
     assert_eq!(output.status.code(), Some(1), "{}", describe(output));
     let last = last_line(output);
     assert!(
@@ -46,7 +46,7 @@ fn states(sandbox: &Sandbox) -> Vec<(String, String)> {
 }
 
 /// No staging directory and no unfinished venv is left.
-fn assert_nothing_half_built(sandbox: &Sandbox) {
+pub(crate) fn assert_nothing_half_built(sandbox: &Sandbox) {
     for name in sandbox.listing("releases") {
         assert!(!name.starts_with(".tmp-"), "staging left: {name}");
     }
@@ -332,7 +332,7 @@ fn a_half_removed_release_or_venv_is_rebuilt_not_reused() {
 }
 
 /// `current` is on a release whose files are all there, with its venv complete.
-fn assert_current_complete(sandbox: &Sandbox, context: &str) -> String {
+pub(crate) fn assert_current_complete(sandbox: &Sandbox, context: &str) -> String {
     let current = sandbox.current().unwrap_or_else(|| panic!("{context}: no current"));
     let release = sandbox.app_root().join("releases").join(&current);
     let revision = fs::read_to_string(release.join("REVISION")).unwrap_or_default();
@@ -353,7 +353,7 @@ fn assert_current_complete(sandbox: &Sandbox, context: &str) -> String {
 }
 
 /// The unit systemd would load is the live release's.
-fn assert_unit_is_current(sandbox: &Sandbox, context: &str) {
+pub(crate) fn assert_unit_is_current(sandbox: &Sandbox, context: &str) {
     let current = sandbox.app_root().join("releases").join(sandbox.current().unwrap());
     let unit = fs::read(sandbox.root.join("etc/systemd/system").join(UNIT)).unwrap();
     assert_eq!(
@@ -658,6 +658,7 @@ fn killed_at_every_step_boundary_then_a_rerun_completes() {
     let steps = [
         "lock",
         "verify revision",
+        "free space",
         "stage release",
         "python environment",
         "import check",

@@ -4,6 +4,7 @@ mod after_install;
 mod attacker;
 mod bundle;
 mod container;
+mod disk_full;
 mod lifecycle;
 mod publish;
 mod rehearse;
