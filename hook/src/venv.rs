@@ -143,7 +143,7 @@ pub fn ensure(
             }
             None => (Some(probing), None),
         };
-        let built = build(store, release, &key, requirements, archive, log_file, log, ids);
+        let built = build(store, release, &key, need, requirements, archive, log_file, log, ids);
         // The probe's failure says more than the installer's about a broken interpreter.
         let probed = match (probed, probing) {
             (Some(probed), _) => probed,
@@ -196,6 +196,7 @@ fn build(
     store: &Store,
     release: &Release,
     key: &str,
+    need: u64,
     requirements: &Path,
     archive: &Path,
     log_file: &Path,
@@ -205,8 +206,8 @@ fn build(
     let python = Path::new(release.python.as_str());
     let venvs = store.dir.sub_owned("venvs", store.me.uid)?;
     // The path the installers see: venvs bake it in.
-    let dir = store.app_root.join("venvs").join(&key);
-    venvs.remove(&key).context("cannot remove an unfinished venv")?;
+    let dir = store.app_root.join("venvs").join(key);
+    venvs.remove(key).context("cannot remove an unfinished venv")?;
     space::ensure(
         &format!("venv {key}"),
         &[space::Need {
@@ -237,9 +238,9 @@ fn build(
         }
         None => Vec::new(),
     };
-    let guard = RemoveOnDrop(Some(store.venvs().join(&key)));
+    let guard = RemoveOnDrop(Some(store.venvs().join(key)));
     let builder = store.builder;
-    venvs.ensure_dir(&key, 0o755, builder.uid, builder.gid)?;
+    venvs.ensure_dir(key, 0o755, builder.uid, builder.gid)?;
     let build = store.dir.ensure_dir(BUILD_DIR, 0o700, builder.uid, builder.gid)?;
     for sub in ["pip", "uv", "tmp"] {
         build.ensure_dir(sub, 0o700, builder.uid, builder.gid)?;
@@ -286,7 +287,7 @@ fn build(
     cmd.args(["-c", "import hypercorn"]);
     run("the venv's import of hypercorn", cmd, Some(120))?;
     // From here on nobody but root can change it: no write access for group or others.
-    let built = venvs.sub_owned(&key, builder.uid)?;
+    let built = venvs.sub_owned(key, builder.uid)?;
     built.chown_tree(store.me.uid, store.me.gid)?;
     if built.stat_at("bin")?.is_none() {
         bail!("{} has no bin/ after the build; it was moved or replaced while it was built", dir.display());
