@@ -152,7 +152,8 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     // ApplicationStop runs the previous revision's binary with the new deployment's id; it
     // needs no id and must never fail, whatever state that old revision is in.
     if event == LifecycleEvent::ApplicationStop {
-        let verdict = match Revision::of_this_binary() {
+        // Verified first, as in every event: its release.yaml names the unit and the app root.
+        let verdict = match Revision::of_this_binary().and_then(|r| r.verify().map(|_| r)) {
             Ok(revision) => lifecycle::application_stop(&ctx, &revision, &log),
             Err(err) => format!(
                 "application-stop ok, with a warning (a failed stop must not block deployments): {err:#}"
@@ -170,8 +171,16 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         match event {
             LifecycleEvent::BeforeInstall => lifecycle::before_install(&ctx, &revision, &mut log),
             LifecycleEvent::AfterInstall => after_install::run(&ctx, &revision, &env.deployment_id, &mut log),
-            LifecycleEvent::ApplicationStart => lifecycle::application_start(&ctx, &revision, &mut log),
-            _ => lifecycle::validate_service(&ctx, &revision, &env.deployment_id, &mut log),
+            // Nothing is read from the revision (release.yaml names the unit, the app root, the
+            // health URL) or written anywhere before every file matches the MANIFEST.
+            LifecycleEvent::ApplicationStart => {
+                log.step("verify revision", |_| revision.verify())?;
+                lifecycle::application_start(&ctx, &revision, &mut log)
+            }
+            _ => {
+                log.step("verify revision", |_| revision.verify())?;
+                lifecycle::validate_service(&ctx, &revision, &env.deployment_id, &mut log)
+            }
         }
     })();
     finish(name, res)

@@ -288,6 +288,25 @@ fn an_altered_release_yaml_is_refused_before_anything_is_written() {
     assert!(!victim.join("venvs").exists() && !victim.join("shared").exists(), "layout created");
     assert!(!sandbox.state_dir().exists(), "the state directory was created");
     assert!(!sandbox.app_root().exists(), "the app root was created");
+
+    // The other events check the revision first too: ApplicationStart and ValidateService fail
+    // naming the file, ApplicationStop (which must never fail) does nothing and says why.
+    for event in ["ApplicationStart", "ValidateService"] {
+        let out = sandbox.hook(&archive, event, "d-ALTERYML1").output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{event}: {}", describe(&out));
+        assert!(last_line(&out).contains("deploy/release.yaml"), "{event}: {}", describe(&out));
+    }
+    let out = sandbox.hook(&archive, "ApplicationStop", "d-ALTERYML1").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        last_line(&out).contains("with a warning") && last_line(&out).contains("deploy/release.yaml"),
+        "{}",
+        describe(&out)
+    );
+    assert!(victim.join("releases/.tmp-keep/data").is_file(), "the other directory was touched");
+    assert!(!victim.join("venvs").exists() && !victim.join("shared").exists(), "layout created");
+    assert!(!sandbox.state_dir().exists(), "the state directory was created");
+    assert!(!sandbox.app_root().exists(), "the app root was created");
 }
 
 #[test]
