@@ -234,6 +234,12 @@ pub fn validate_service(
     let store = Store::open(&ctx.root, release)?;
     let service = ctx.service(release, &store);
     let journal = Journal::new(&store.state)?;
+    // Held from before `current` is read until the verdict is journaled: a rollback or a
+    // compaction between the health check and the record would make it name the wrong release
+    // or land in a replaced file.
+    let holder =
+        format!("pid {} (deployment {deployment_id}, ValidateService, since {})", std::process::id(), now());
+    let _lock = Lock::acquire(&store, &holder, lock_wait(), &|m| log.info(m))?;
     let current = store.current_revision().context("current points at no release; did AfterInstall run?")?;
     let cause = match log.step("health check", |log| health::wait_healthy(&release.health, log)) {
         Ok(_) => {
@@ -251,9 +257,6 @@ pub fn validate_service(
     for line in service.log_tail(30).lines() {
         println!("    {line}");
     }
-    let holder =
-        format!("pid {} (deployment {deployment_id}, ValidateService, since {})", std::process::id(), now());
-    let _lock = Lock::acquire(&store, &holder, lock_wait(), &|m| log.info(m))?;
     let records = journal.read()?;
     journal.append(
         &Record::new(deployment_id, &current, "ValidateService", State::Bad).message(cause.clone()),
