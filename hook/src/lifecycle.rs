@@ -357,10 +357,19 @@ struct Status {
     previous: Option<String>,
     unit: String,
     service: String,
+    /// `<stem>.socket` and its state, when the release uses socket activation.
+    socket: Option<SocketStatus>,
     releases: Vec<ReleaseStatus>,
     journal: Vec<Record>,
     /// Lines of journal.jsonl that are not records (skipped).
     journal_skipped: usize,
+}
+
+/// The socket unit in `status`.
+#[derive(Serialize)]
+struct SocketStatus {
+    unit: String,
+    state: String,
 }
 
 /// `deploy-hook status [--json]`.
@@ -410,6 +419,7 @@ pub fn status(ctx: &Ctx, revision: &Revision, json: bool) -> anyhow::Result<Stri
         previous,
         unit: release.unit.to_string(),
         service: service.state(),
+        socket: service.socket_state().map(|state| SocketStatus { unit: service.socket.clone(), state }),
         releases,
         journal: records,
         journal_skipped,
@@ -426,6 +436,9 @@ pub fn status(ctx: &Ctx, revision: &Revision, json: bool) -> anyhow::Result<Stri
         status.unit,
         status.service
     );
+    if let Some(socket) = &status.socket {
+        out.push_str(&format!("{} is {}\n", socket.unit, socket.state));
+    }
     for r in &status.releases {
         let mark = if Some(&r.revision) == status.current.as_ref() { "*" } else { " " };
         let state = r.state.map(|s| format!("{s:?}").to_lowercase()).unwrap_or_default();

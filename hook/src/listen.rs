@@ -143,6 +143,17 @@ impl Holder {
         (pid > 1 && stat.start == start && !"ZX".contains(stat.state)).then_some((pid, print))
     }
 
+    /// For `status`: whether a holder runs, and whether it holds `socket_file` as it is now.
+    pub fn state(&self, socket_file: &Path) -> String {
+        match self.running() {
+            None => "not held (no socket holder runs)".into(),
+            Some((pid, _)) if self.is_current(socket_file) => format!("held by process {pid}"),
+            Some((pid, _)) => {
+                format!("held by process {pid}, with older binds (re-bound at the next restart)")
+            }
+        }
+    }
+
     /// True when a holder runs with the sockets of `socket_file` as it is now.
     pub fn is_current(&self, socket_file: &Path) -> bool {
         let Ok(text) = fs::read_to_string(socket_file) else { return false };

@@ -283,6 +283,28 @@ impl Service<'_> {
         }
     }
 
+    /// For `status`: the socket unit's state and what it listens on, or `None` when the
+    /// release does not use socket activation.
+    pub fn socket_state(&self) -> Option<String> {
+        if !self.socket_activation {
+            return None;
+        }
+        let state = match self.manager {
+            Manager::Systemd => match systemctl(&["is-active", &self.socket]) {
+                Ok(out) if !out.stdout.is_empty() => String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+                Ok(_) => "unknown (systemctl said nothing)".into(),
+                Err(err) => format!("unknown ({err:#})"),
+            },
+            Manager::Process => crate::listen::Holder::new(&self.supervisor.state, &self.supervisor.root)
+                .state(&self.socket_file),
+            Manager::None => "unknown (service manager none)".into(),
+        };
+        let listen = fs::read_to_string(&self.socket_file)
+            .map(|text| crate::listen::SocketSpec::parse(&text).listen.join(", "))
+            .unwrap_or_default();
+        Some(if listen.is_empty() { state } else { format!("{state}, listening on {listen}") })
+    }
+
     /// The service's last log lines, for a failed health check.
     pub fn log_tail(&self, lines: usize) -> String {
         match self.manager {

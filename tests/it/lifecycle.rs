@@ -318,4 +318,17 @@ fn the_process_manager_restarts_behind_a_held_socket() {
     println!("2 restarts behind the held socket: {report}");
     assert!(report.ok > 0 && report.failures() == 0, "{report}: {:?}", report.samples);
     assert_eq!(fs::read_to_string(sandbox.state_dir().join("listen.pid")).unwrap(), holder);
+
+    // status names the socket, who holds it and what it listens on.
+    let status = sandbox
+        .hook(&archive, "", "d-UNUSED0001")
+        .env_remove("LIFECYCLE_EVENT")
+        .env("DEPLOY_HOOK_SERVICE_MANAGER", "process")
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", describe(&status));
+    let pid = holder.split_whitespace().next().unwrap();
+    let line = format!("python-app.socket is held by process {pid}, listening on 127.0.0.1:{port}");
+    assert!(String::from_utf8_lossy(&status.stdout).contains(&line), "{line}\n{}", describe(&status));
 }
