@@ -308,6 +308,36 @@ pub fn compact_journal(journal: &Journal, log: &Log) {
 }
 
 /// What is left of AfterInstall's timeout for the next child.
+/// Compiles the staged release's Python files into `__pycache__` (hash-checked pycs for the
+/// release's interpreter), so the service, which cannot write the root-owned release, does not
+/// compile the application on every start. Run as root: compiling parses the source from the
+/// archive, it runs none of it (`-I -S`: no site, no environment, no working directory on the
+/// path). A file that does not compile is left to Python at import: some trees carry `.py`
+/// files that are not meant for this interpreter. Returns that warning, if any; an interrupted
+/// or timed-out compilation is an error.
+fn compile_release(
+    release: &Release,
+    staging: &Path,
+    log_file: &Path,
+    budget: Budget,
+) -> anyhow::Result<Option<String>> {
+    let mut cmd = Command::new(release.python.as_str());
+    cmd.args(["-I", "-S", "-m", "compileall", "-q", "--invalidation-mode", "checked-hash", "."])
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("LANG", "C.UTF-8")
+        .current_dir(staging);
+    let spawn =
+        Spawn { what: "bytecode compilation", ids: None, timeout: Duration::from_secs(300), log: log_file };
+    match budget.run(cmd, spawn) {
+        Ok(()) => Ok(None),
+        Err(err) if !crate::util::interrupted() && !format!("{err:#}").contains("timed out") => {
+            Ok(Some(format!("warning: {err:#}; those files compile at import instead")))
+        }
+        Err(err) => Err(err),
+    }
+}
+
 fn budget(release: &Release, log: &Log) -> Budget {
     Budget::new("AfterInstall", release.timeouts.after_install.secs(), log.elapsed())
 }
@@ -503,18 +533,35 @@ fn deploy(
                 ));
                 Ok(())
             })?;
-            let outcome = log.step("python environment", |log| {
-                let requirements = fsx::read_trusted(&staging.join(layout::REQUIREMENTS), READ_CAP)?;
-                venv::ensure(
-                    store,
-                    release,
-                    &requirements,
-                    &requirements_shown(&staging_name),
-                    &revision.dir,
-                    &logs_file,
-                    space::venv_need(wheels),
-                    log,
-                )
+            // The release's bytecode is compiled (by the system interpreter, as root) while the
+            // venv is built (by the installers, as the build identity): neither needs the other.
+            let (outcome, compiled) = std::thread::scope(|scope| {
+                let (budget, staging, logs_file) = (budget(release, log), &staging, &logs_file);
+                let compiling = scope.spawn(move || compile_release(release, staging, logs_file, budget));
+                let outcome = log.step("python environment", |log| {
+                    let requirements = fsx::read_trusted(&staging.join(layout::REQUIREMENTS), READ_CAP)?;
+                    venv::ensure(
+                        store,
+                        release,
+                        &requirements,
+                        &requirements_shown(&staging_name),
+                        &revision.dir,
+                        &logs_file,
+                        space::venv_need(wheels),
+                        log,
+                    )
+                });
+                let compiled = compiling
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::format_err!("bytecode compilation panicked")));
+                (outcome, compiled)
+            });
+            let outcome = outcome?;
+            log.step("compile bytecode", |log| {
+                if let Some(warning) = compiled? {
+                    log.info(warning);
+                }
+                Ok(())
             })?;
             log.step("import check", |log| {
                 let unit_text =

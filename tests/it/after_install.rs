@@ -680,6 +680,7 @@ fn killed_at_every_step_boundary_then_a_rerun_completes() {
         "free space",
         "stage release",
         "python environment",
+        "compile bytecode",
         "import check",
         "mark ready",
         "install unit",
