@@ -100,20 +100,31 @@ pub struct HttpUrl {
 }
 
 impl HttpUrl {
-    /// Splits `url`; the one parser of health URLs (the hook's check, the rehearsal's port probe).
+    /// Splits `url`; the one parser of health URLs: deploy.yaml's and release.yaml's
+    /// `health.url` are checked by it while they are parsed, and the hook's check and the
+    /// rehearsal's port probe split them with it. Control characters and whitespace are refused
+    /// (the URL goes into the request line), as are an empty host and a bracketed IPv6 address
+    /// followed by anything but `:PORT`.
     pub fn parse(url: &str) -> Result<HttpUrl, String> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| format!("{url}: only http:// URLs"))?;
+        config::no_control(url)?;
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("{url:?}: only http:// health URLs are supported"))?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
-        if authority.is_empty() {
-            return Err(format!("{url}: no host"));
+        if authority.is_empty() || url.contains(char::is_whitespace) {
+            return Err(format!("{url:?} is not an http://HOST[:PORT]/PATH URL"));
         }
         let addr = match authority.strip_prefix('[').and_then(|v6| v6.split_once(']')) {
             Some((_, "")) => format!("{authority}:80"),
             Some((_, port)) if port.starts_with(':') => authority.to_owned(),
-            Some(_) => return Err(format!("{url}: bad IPv6 address")),
+            Some(_) => {
+                return Err(format!(
+                    "{url:?} is not an http://HOST[:PORT]/PATH URL: [IPV6] may be followed only by :PORT"
+                ));
+            }
             None if authority.contains(':') => authority.to_owned(),
             None => format!("{authority}:80"),
         };
@@ -129,4 +140,28 @@ pub fn hex(bytes: &[u8]) -> String {
         write!(out, "{b:02x}").expect("writing to a String");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HttpUrl;
+
+    #[test]
+    fn http_urls() {
+        let url = HttpUrl::parse("http://127.0.0.1:8000/healthz").unwrap();
+        assert_eq!(
+            (url.addr.as_str(), url.host.as_str(), url.path.as_str()),
+            ("127.0.0.1:8000", "127.0.0.1:8000", "/healthz")
+        );
+        assert_eq!(HttpUrl::parse("http://localhost").unwrap().addr, "localhost:80");
+        assert_eq!(HttpUrl::parse("http://localhost").unwrap().path, "/");
+        assert_eq!(HttpUrl::parse("http://[::1]:9000/h").unwrap().addr, "[::1]:9000");
+        assert_eq!(HttpUrl::parse("http://[::1]/h").unwrap().addr, "[::1]:80");
+        let err = |url: &str| HttpUrl::parse(url).unwrap_err();
+        assert_eq!(err("https://x/"), r#""https://x/": only http:// health URLs are supported"#);
+        assert_eq!(err("http:///healthz"), r#""http:///healthz" is not an http://HOST[:PORT]/PATH URL"#);
+        assert_eq!(err("http://x/a b"), r#""http://x/a b" is not an http://HOST[:PORT]/PATH URL"#);
+        assert!(err("http://x/\r\nHost: y").contains("control character"));
+        assert!(err("http://[::1]x/").contains("[IPV6] may be followed only by :PORT"));
+    }
 }
