@@ -29,6 +29,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use packaging::procfs::ProcStat;
 
 use crate::{users, util::Log};
 
@@ -139,8 +140,8 @@ impl Holder {
         let pid: i32 = parts.next()?.parse().ok()?;
         let start = parts.next()?;
         let print = parts.next()?.to_owned();
-        let stat = crate::process::proc_stat(pid)?;
-        (pid > 1 && stat.start == start && !"ZX".contains(stat.state)).then_some((pid, print))
+        let stat = ProcStat::of(pid)?;
+        (pid > 1 && stat.start == start && stat.is_live()).then_some((pid, print))
     }
 
     /// True when a holder runs with the sockets of `socket_file` as it is now.
@@ -246,7 +247,7 @@ pub fn holder_main(root: &Path, socket_file: &Path, control: &Path, pidfile: &Pa
     };
     fs::set_permissions(control, fs::Permissions::from_mode(0o600))?;
     let pid = std::process::id() as i32;
-    let start = crate::process::proc_stat(pid).context("cannot read this process's start time")?.start;
+    let start = ProcStat::of(pid).context("cannot read this process's start time")?.start;
     fs::write(pidfile, format!("{pid} {start} {}\n", fingerprint(&text)))?;
     let spec = SocketSpec::parse(&text);
     writeln!(stdout, "listening {}", spec.listen.join(" "))?;

@@ -19,7 +19,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use packaging::layout;
+use packaging::{layout, procfs::ProcStat};
 
 use crate::{env_file, fsx, store::write_atomic, users, util::Log};
 
@@ -137,34 +137,6 @@ impl UnitSpec {
     }
 }
 
-/// The fields of `/proc/<pid>/stat` the hook uses.
-#[derive(Debug, PartialEq)]
-pub struct ProcStat {
-    /// One letter: R, S, D, Z, X…
-    pub state: char,
-    /// The process group.
-    pub pgrp: i32,
-    /// Start time, in clock ticks since boot, as text.
-    pub start: String,
-}
-
-/// Parses `/proc/<pid>/stat` (the command name may hold spaces and parentheses: the fields
-/// start after the last `)`).
-pub fn parse_stat(stat: &str) -> Option<ProcStat> {
-    let after = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    Some(ProcStat {
-        state: fields.first()?.chars().next()?,
-        pgrp: fields.get(2)?.parse().ok()?,
-        start: fields.get(19)?.to_string(),
-    })
-}
-
-/// `/proc/<pid>/stat`, or None when the process is gone.
-pub fn proc_stat(pid: i32) -> Option<ProcStat> {
-    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-}
-
 /// The real uid of a process, from `/proc/<pid>/status`.
 fn proc_uid(pid: i32) -> Option<u32> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -177,7 +149,7 @@ fn proc_exe(pid: i32) -> Option<String> {
 
 impl Tracked {
     fn of(pid: i32) -> Option<Tracked> {
-        Some(Tracked { pid, start: proc_stat(pid)?.start, uid: proc_uid(pid)?, exe: proc_exe(pid)? })
+        Some(Tracked { pid, start: ProcStat::of(pid)?.start, uid: proc_uid(pid)?, exe: proc_exe(pid)? })
     }
 
     fn parse(text: &str) -> Option<Tracked> {
@@ -193,8 +165,8 @@ impl Tracked {
     /// own group: never pid 1 or below.
     fn alive(&self) -> bool {
         self.pid > 1
-            && proc_stat(self.pid)
-                .is_some_and(|s| s.start == self.start && s.pgrp == self.pid && !"ZX".contains(s.state))
+            && ProcStat::of(self.pid)
+                .is_some_and(|s| s.start == self.start && s.pgrp == self.pid && s.is_live())
             && proc_uid(self.pid) == Some(self.uid)
             && proc_exe(self.pid).as_deref() == Some(self.exe.as_str())
     }
@@ -395,9 +367,7 @@ mod tests {
     }
 
     #[test]
-    fn reads_stat_and_the_pidfile() {
-        let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 9876 0 0";
-        assert_eq!(parse_stat(stat), Some(ProcStat { state: 'S', pgrp: 42, start: "9876".into() }));
+    fn reads_the_pidfile() {
         let t = Tracked::parse("42 9876 1500 /usr/bin/python3.12\n").unwrap();
         assert_eq!((t.pid, t.uid, t.exe.as_str()), (42, 1500, "/usr/bin/python3.12"));
         assert!(!Tracked { pid: 1, ..t }.alive(), "pid 1 is never the service");

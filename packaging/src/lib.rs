@@ -3,6 +3,7 @@
 //! - [`config`]: `deploy.yaml` (written by a team) and `deploy/release.yaml` (resolved from it).
 //! - [`manifest`]: `deploy/MANIFEST`, the sha256, mode and size of every file, and the revision id.
 //! - [`wheel`]: wheel names and tags, and whether a wheel fits an interpreter.
+//! - [`procfs`]: `/proc/<pid>/stat`.
 //! - `render` (feature `build`): the systemd unit and hypercorn.toml.
 //! - `tarball`, `bundle` (feature `build`): the deterministic `.tgz` and its layout.
 //!
@@ -12,6 +13,7 @@
 
 pub mod config;
 pub mod manifest;
+pub mod procfs;
 pub mod wheel;
 
 #[cfg(feature = "build")]

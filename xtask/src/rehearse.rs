@@ -24,7 +24,7 @@ use appspec::{
     LifecycleEvent,
     diag::{Finding, Severity},
 };
-use packaging::{Release, bundle::Arch, config::Installer, layout};
+use packaging::{Release, bundle::Arch, config::Installer, layout, procfs::ProcStat};
 
 use crate::find_in_path;
 
@@ -645,13 +645,6 @@ fn signal(target: &str, sig: &str) {
         .status();
 }
 
-/// `/proc/<pid>/stat`: state, process group and start time.
-fn proc_stat(pid: i32) -> Option<(char, i32, String)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    Some((fields.first()?.chars().next()?, fields.get(2)?.parse().ok()?, fields.get(19)?.to_string()))
-}
-
 fn pids() -> Vec<i32> {
     fs::read_dir("/proc")
         .map(|it| it.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
@@ -659,9 +652,7 @@ fn pids() -> Vec<i32> {
 }
 
 fn group_alive(pgid: i32) -> bool {
-    pids()
-        .into_iter()
-        .any(|pid| proc_stat(pid).is_some_and(|(state, pgrp, _)| pgrp == pgid && !"ZX".contains(state)))
+    pids().into_iter().any(|pid| ProcStat::of(pid).is_some_and(|s| s.pgrp == pgid && s.is_live()))
 }
 
 /// Stops the process group recorded in the supervisor's pidfile ("PID STARTTIME UID EXE"): SIGTERM,
@@ -672,7 +663,7 @@ fn stop_service(pidfile: &Path) -> String {
     let (Some(pid), Some(start)) = (words.next().and_then(|p| p.parse::<i32>().ok()), words.next()) else {
         return format!("{} is unreadable", pidfile.display());
     };
-    let leader_alive = proc_stat(pid).is_some_and(|(state, _, s)| s == start && !"ZX".contains(state));
+    let leader_alive = ProcStat::of(pid).is_some_and(|s| s.start == start && s.is_live());
     if !leader_alive {
         return format!("the service (process {pid}) had already exited");
     }
@@ -702,7 +693,7 @@ fn processes_under(prefix: &str) -> Vec<(i32, String)> {
     };
     let mut found = Vec::new();
     for pid in pids() {
-        if pid == me || proc_stat(pid).is_none_or(|(state, _, _)| "ZX".contains(state)) {
+        if pid == me || ProcStat::of(pid).is_none_or(|s| !s.is_live()) {
             continue;
         }
         for link in ["cwd", "exe"] {
