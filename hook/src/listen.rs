@@ -52,13 +52,12 @@ pub struct SocketSpec {
 }
 
 impl SocketSpec {
-    /// Reads a socket unit.
+    /// Reads the `[Socket]` keys of a socket unit, through `packaging::unit_file`.
     pub fn parse(text: &str) -> SocketSpec {
         let mut spec = SocketSpec { mode: 0o666, backlog: libc::SOMAXCONN, ..SocketSpec::default() };
-        for line in text.lines() {
-            let Some((key, value)) = line.split_once('=') else { continue };
-            let value = value.trim().replace("%%", "%");
-            match key.trim() {
+        for entry in packaging::unit_file::section(text, "Socket") {
+            let value = entry.value.replace("%%", "%");
+            match entry.key.as_str() {
                 "ListenStream" => spec.listen.push(value),
                 "SocketUser" => spec.user = Some(value),
                 "SocketGroup" => spec.group = Some(value),

@@ -19,7 +19,11 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use packaging::{layout, procfs::ProcStat};
+use packaging::{
+    layout,
+    procfs::ProcStat,
+    unit_file::{self, Entry},
+};
 
 use crate::{env_file, fsx, store::write_atomic, users, util::Log};
 
@@ -59,77 +63,31 @@ pub struct UnitSpec {
     pub stop_timeout: Option<u64>,
 }
 
-/// Splits a unit value into words by systemd.syntax: double or single quotes, C escapes, and
-/// (for command lines) `%%` and `$$`.
-pub fn unit_words(value: &str, command_line: bool) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut chars = value.chars().peekable();
-    loop {
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
-        let Some(&first) = chars.peek() else { break };
-        let quote = (first == '"' || first == '\'').then(|| chars.next().unwrap());
-        let mut word = String::new();
-        while let Some(c) = chars.next() {
-            match c {
-                c if Some(c) == quote => break,
-                c if quote.is_none() && c.is_whitespace() => break,
-                '\\' => match chars.next() {
-                    Some('n') => word.push('\n'),
-                    Some('t') => word.push('\t'),
-                    Some('s') => word.push(' '),
-                    Some('x') => {
-                        let hex: String = chars.by_ref().take(2).collect();
-                        if let Ok(b) = u8::from_str_radix(&hex, 16) {
-                            word.push(b as char);
-                        }
-                    }
-                    Some(other) => word.push(other),
-                    None => {}
-                },
-                '%' if chars.peek() == Some(&'%') => {
-                    chars.next();
-                    word.push('%');
-                }
-                '$' if command_line && chars.peek() == Some(&'$') => {
-                    chars.next();
-                    word.push('$');
-                }
-                c => word.push(c),
-            }
-        }
-        words.push(word);
-    }
-    words
-}
-
 impl UnitSpec {
-    /// Reads the `[Service]` keys the supervisor uses.
+    /// Reads the `[Service]` keys the supervisor uses, through [`unit_file`].
     pub fn parse(text: &str) -> UnitSpec {
         let mut spec = UnitSpec::default();
-        for line in text.lines() {
-            let Some((key, value)) = line.split_once('=') else { continue };
-            match key.trim() {
-                "ExecStart" => spec.exec = unit_words(value, true),
-                "User" => spec.user = Some(value.trim().to_owned()),
-                "Group" => spec.group = Some(value.trim().to_owned()),
-                "WorkingDirectory" => spec.working_directory = Some(value.trim().replace("%%", "%")),
+        for Entry { key, value, .. } in unit_file::section(text, "Service") {
+            match key.as_str() {
+                "ExecStart" => spec.exec = unit_file::words(&value, true),
+                "User" => spec.user = Some(value),
+                "Group" => spec.group = Some(value),
+                "WorkingDirectory" => spec.working_directory = Some(value.replace("%%", "%")),
                 "EnvironmentFile" => {
-                    let value = value.trim().replace("%%", "%");
+                    let value = value.replace("%%", "%");
                     match value.strip_prefix('-') {
                         Some(path) => spec.environment_files.push((path.to_owned(), true)),
                         None => spec.environment_files.push((value, false)),
                     }
                 }
                 "Environment" => {
-                    for word in unit_words(value, false) {
+                    for word in unit_file::words(&value, false) {
                         if let Some((k, v)) = word.split_once('=') {
                             spec.environment.push((k.to_owned(), v.to_owned()));
                         }
                     }
                 }
-                "TimeoutStopSec" => spec.stop_timeout = value.trim().parse().ok(),
+                "TimeoutStopSec" => spec.stop_timeout = value.parse().ok(),
                 _ => {}
             }
         }
@@ -353,10 +311,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unquotes_what_the_renderer_quotes() {
-        let words =
-            unit_words(r#""plain" "with space" "50%%" "$$HOME" "q\"uote" "back\\slash" "" bare"#, true);
-        assert_eq!(words, ["plain", "with space", "50%", "$HOME", "q\"uote", "back\\slash", "", "bare"]);
+    fn reads_the_service_keys() {
         let spec = UnitSpec::parse(
             "[Service]\nUser=snake\nEnvironment=\"A=x y\" \"B=100%%\"\nEnvironmentFile=-/e\nTimeoutStopSec=15\n",
         );

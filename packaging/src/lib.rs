@@ -4,6 +4,7 @@
 //! - [`manifest`]: `deploy/MANIFEST`, the sha256, mode and size of every file, and the revision id.
 //! - [`wheel`]: wheel names and tags, and whether a wheel fits an interpreter.
 //! - [`procfs`]: `/proc/<pid>/stat`.
+//! - [`unit_file`]: reading systemd unit files (ExecStart and the rest).
 //! - `render` (feature `build`): the systemd unit and hypercorn.toml.
 //! - `tarball`, `bundle` (feature `build`): the deterministic `.tgz` and its layout.
 //!
@@ -14,6 +15,7 @@
 pub mod config;
 pub mod manifest;
 pub mod procfs;
+pub mod unit_file;
 pub mod wheel;
 
 #[cfg(feature = "build")]
