@@ -82,8 +82,9 @@ pub mod layout {
     }
 }
 
-/// The environment variables that reach pip and uv (proxy and package index settings): the hook
-/// passes these of its own environment to the installers, and a rehearsal passes them to the hook.
+/// The environment variables that reach pip and uv (proxy and package index settings), the one
+/// list of them: the hook passes these of its own environment to the installers and its other
+/// children (`hook::venv::child_env`), and a rehearsal passes them to the hook.
 pub fn passed_to_installers(name: &str) -> bool {
     name.starts_with("PIP_")
         || name.starts_with("UV_")
@@ -149,6 +150,32 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::HttpUrl;
+
+    #[test]
+    fn what_reaches_the_installers() {
+        for name in [
+            "PIP_INDEX_URL",
+            "UV_INDEX_URL",
+            "http_proxy",
+            "HTTPS_PROXY",
+            "No_Proxy",
+            "SSL_CERT_FILE",
+            "REQUESTS_CA_BUNDLE",
+        ] {
+            assert!(super::passed_to_installers(name), "{name}");
+        }
+        for name in [
+            "PATH",
+            "HOME",
+            "LD_PRELOAD",
+            "PYTHONPATH",
+            "AWS_SECRET_ACCESS_KEY",
+            "ssl_cert_file",
+            "pip_index_url",
+        ] {
+            assert!(!super::passed_to_installers(name), "{name}");
+        }
+    }
 
     #[test]
     fn http_urls() {
