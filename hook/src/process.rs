@@ -25,7 +25,7 @@ use packaging::{
     unit_file::{self, Entry},
 };
 
-use crate::{env_file, fsx, store::write_atomic, users, util::Log};
+use crate::{fsx, store::write_atomic, users, util::Log};
 
 /// Where the supervisor keeps its files, and the sandbox root that unit paths live under.
 pub struct Supervisor {
@@ -180,7 +180,7 @@ impl Supervisor {
             let path = self.host(file);
             match fsx::read_trusted(&path, 4 << 20) {
                 Ok(text) => env.extend(
-                    env_file::parse(&String::from_utf8_lossy(&text))
+                    packaging::env_file::parse(&String::from_utf8_lossy(&text))
                         .into_iter()
                         .map(|(k, v)| (k.into(), v.into())),
                 ),

@@ -3,6 +3,7 @@
 //! - [`config`]: `deploy.yaml` (written by a team) and `deploy/release.yaml` (resolved from it).
 //! - [`manifest`]: `deploy/MANIFEST`, the sha256, mode and size of every file, and the revision id.
 //! - [`wheel`]: wheel names and tags, and whether a wheel fits an interpreter.
+//! - [`env_file`]: the service's EnvironmentFile.
 //! - [`procfs`]: `/proc/<pid>/stat`.
 //! - [`unit_file`]: reading systemd unit files (ExecStart and the rest).
 //! - `render` (feature `build`): the systemd unit and hypercorn.toml.
@@ -13,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod env_file;
 pub mod manifest;
 pub mod procfs;
 pub mod unit_file;

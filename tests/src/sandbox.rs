@@ -198,12 +198,7 @@ impl Sandbox {
 }
 
 fn read_env(path: &Path) -> Vec<(String, String)> {
-    fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-        .collect()
+    packaging::env_file::parse(&fs::read_to_string(path).unwrap_or_default())
 }
 
 /// A service process, killed when dropped.
