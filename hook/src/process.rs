@@ -21,7 +21,7 @@ use std::{
 use anyhow::{Context, bail};
 use packaging::{
     layout,
-    procfs::ProcStat,
+    procfs::ServicePid,
     unit_file::{self, Entry},
 };
 
@@ -33,15 +33,6 @@ pub struct Supervisor {
     pub root: PathBuf,
     /// The state directory on the host (root-owned, 0700).
     pub state: PathBuf,
-}
-
-/// What the pidfile records of the service's main process.
-#[derive(Debug, PartialEq)]
-struct Tracked {
-    pid: i32,
-    start: String,
-    uid: u32,
-    exe: String,
 }
 
 /// The parts of a unit the supervisor needs.
@@ -95,41 +86,6 @@ impl UnitSpec {
     }
 }
 
-/// The real uid of a process, from `/proc/<pid>/status`.
-fn proc_uid(pid: i32) -> Option<u32> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.parse().ok()
-}
-
-fn proc_exe(pid: i32) -> Option<String> {
-    Some(fs::read_link(format!("/proc/{pid}/exe")).ok()?.to_str()?.to_owned())
-}
-
-impl Tracked {
-    fn of(pid: i32) -> Option<Tracked> {
-        Some(Tracked { pid, start: ProcStat::of(pid)?.start, uid: proc_uid(pid)?, exe: proc_exe(pid)? })
-    }
-
-    fn parse(text: &str) -> Option<Tracked> {
-        let mut words = text.trim().splitn(4, ' ');
-        let pid = words.next()?.parse().ok()?;
-        let start = words.next()?.to_owned();
-        let uid = words.next()?.parse().ok()?;
-        let exe = words.next()?.to_owned();
-        Some(Tracked { pid, start, uid, exe })
-    }
-
-    /// True while the process it names is the one it recorded, alive, and the leader of its
-    /// own group: never pid 1 or below.
-    fn alive(&self) -> bool {
-        self.pid > 1
-            && ProcStat::of(self.pid)
-                .is_some_and(|s| s.start == self.start && s.pgrp == self.pid && s.is_live())
-            && proc_uid(self.pid) == Some(self.uid)
-            && proc_exe(self.pid).as_deref() == Some(self.exe.as_str())
-    }
-}
-
 impl Supervisor {
     fn pidfile(&self) -> PathBuf {
         self.state.join(layout::STATE_PIDFILE)
@@ -144,9 +100,9 @@ impl Supervisor {
         self.root.join(abs.trim_start_matches('/'))
     }
 
-    fn tracked(&self) -> Option<Tracked> {
+    fn tracked(&self) -> Option<ServicePid> {
         let text = fsx::read_trusted(&self.pidfile(), 4096).ok()?;
-        Tracked::parse(&String::from_utf8_lossy(&text)).filter(Tracked::alive)
+        ServicePid::parse(&String::from_utf8_lossy(&text)).filter(ServicePid::alive)
     }
 
     /// The running service's pid, checked against its recorded start time, uid and executable.
@@ -229,12 +185,8 @@ impl Supervisor {
         }
         let child = cmd.spawn().with_context(|| format!("cannot start {program}"))?;
         let pid = child.id() as i32;
-        let tracked = Tracked::of(pid).context("the service exited at once")?;
-        write_atomic(
-            &self.pidfile(),
-            format!("{pid} {} {} {}\n", tracked.start, tracked.uid, tracked.exe).as_bytes(),
-            0o600,
-        )?;
+        let tracked = ServicePid::of(pid).context("the service exited at once")?;
+        write_atomic(&self.pidfile(), tracked.render().as_bytes(), 0o600)?;
         log.info(format!("started {program} as process {pid}; output in {}", log_file.display()));
         Ok(())
     }
@@ -319,13 +271,5 @@ mod tests {
         assert_eq!(spec.environment, [("A".into(), "x y".into()), ("B".into(), "100%".into())]);
         assert_eq!(spec.environment_files, [("/e".to_owned(), true)]);
         assert_eq!(spec.stop_timeout, Some(15));
-    }
-
-    #[test]
-    fn reads_the_pidfile() {
-        let t = Tracked::parse("42 9876 1500 /usr/bin/python3.12\n").unwrap();
-        assert_eq!((t.pid, t.uid, t.exe.as_str()), (42, 1500, "/usr/bin/python3.12"));
-        assert!(!Tracked { pid: 1, ..t }.alive(), "pid 1 is never the service");
-        assert_eq!(Tracked::parse("1 2"), None);
     }
 }

@@ -1,5 +1,6 @@
-//! `/proc/<pid>/stat`: the one parser of it, for the hook's process supervisor and socket holder
-//! (pidfiles checked against the start time) and the rehearsal's cleanup.
+//! `/proc/<pid>/stat`, and the process manager's pidfile that records a process by it: the one
+//! parser of each, for the hook's process supervisor and socket holder (pidfiles checked against
+//! the start time) and the rehearsal's cleanup.
 
 use std::fs;
 
@@ -38,9 +39,66 @@ impl ProcStat {
     }
 }
 
+/// The process manager's pidfile ([`crate::layout::STATE_PIDFILE`]): one line,
+/// `PID START UID EXE`, with the start time of [`ProcStat::start`], the real uid and the
+/// executable's path (last: it may hold spaces).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePid {
+    /// The service's main process, the leader of its own process group.
+    pub pid: i32,
+    /// Its start time, as [`ProcStat::start`].
+    pub start: String,
+    /// Its real uid.
+    pub uid: u32,
+    /// Its executable, as `/proc/<pid>/exe` names it.
+    pub exe: String,
+}
+
+impl ServicePid {
+    /// What `/proc` says of `pid` now, or None when it is gone.
+    pub fn of(pid: i32) -> Option<ServicePid> {
+        Some(ServicePid { pid, start: ProcStat::of(pid)?.start, uid: proc_uid(pid)?, exe: proc_exe(pid)? })
+    }
+
+    /// Parses a pidfile's text.
+    pub fn parse(text: &str) -> Option<ServicePid> {
+        let mut words = text.trim().splitn(4, ' ');
+        let pid = words.next()?.parse().ok()?;
+        let start = words.next()?.to_owned();
+        let uid = words.next()?.parse().ok()?;
+        let exe = words.next()?.to_owned();
+        Some(ServicePid { pid, start, uid, exe })
+    }
+
+    /// The pidfile's text.
+    pub fn render(&self) -> String {
+        format!("{} {} {} {}\n", self.pid, self.start, self.uid, self.exe)
+    }
+
+    /// True while the process it names is the one it recorded (start time, uid, executable),
+    /// alive, and the leader of its own group: never pid 1 or below.
+    pub fn alive(&self) -> bool {
+        self.pid > 1
+            && ProcStat::of(self.pid)
+                .is_some_and(|s| s.start == self.start && s.pgrp == self.pid && s.is_live())
+            && proc_uid(self.pid) == Some(self.uid)
+            && proc_exe(self.pid).as_deref() == Some(self.exe.as_str())
+    }
+}
+
+/// The real uid of a process, from `/proc/<pid>/status`.
+fn proc_uid(pid: i32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.parse().ok()
+}
+
+fn proc_exe(pid: i32) -> Option<String> {
+    Some(fs::read_link(format!("/proc/{pid}/exe")).ok()?.to_str()?.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::ProcStat;
+    use super::{ProcStat, ServicePid};
 
     #[test]
     fn the_fields_after_the_last_parenthesis() {
@@ -52,5 +110,19 @@ mod tests {
         assert_eq!(ProcStat::parse("42 a S"), None);
         let me = ProcStat::of(std::process::id() as i32).unwrap();
         assert!(me.is_live() && me.start.parse::<u64>().is_ok());
+    }
+
+    #[test]
+    fn the_pidfile() {
+        let t = ServicePid::parse("42 9876 1500 /usr/bin/python 3.12\n").unwrap();
+        assert_eq!(
+            (t.pid, t.start.as_str(), t.uid, t.exe.as_str()),
+            (42, "9876", 1500, "/usr/bin/python 3.12")
+        );
+        assert_eq!(ServicePid::parse(&t.render()), Some(t.clone()));
+        assert!(!ServicePid { pid: 1, ..t }.alive(), "pid 1 is never the service");
+        assert_eq!(ServicePid::parse("1 2"), None);
+        let me = ServicePid::of(std::process::id() as i32).unwrap();
+        assert!(!me.exe.is_empty() && ServicePid::parse(&me.render()) == Some(me.clone()), "{me:?}");
     }
 }

@@ -24,7 +24,13 @@ use appspec::{
     LifecycleEvent,
     diag::{Finding, Severity},
 };
-use packaging::{Release, bundle::Arch, config::Installer, layout, procfs::ProcStat};
+use packaging::{
+    Release,
+    bundle::Arch,
+    config::Installer,
+    layout,
+    procfs::{ProcStat, ServicePid},
+};
 
 use crate::find_in_path;
 
@@ -655,12 +661,11 @@ fn group_alive(pgid: i32) -> bool {
     pids().into_iter().any(|pid| ProcStat::of(pid).is_some_and(|s| s.pgrp == pgid && s.is_live()))
 }
 
-/// Stops the process group recorded in the supervisor's pidfile ("PID STARTTIME UID EXE"): SIGTERM,
+/// Stops the process group recorded in the supervisor's pidfile ([`ServicePid`]): SIGTERM,
 /// then SIGKILL after [`STOP_GRACE`]. Says what it did.
 fn stop_service(pidfile: &Path) -> String {
     let Ok(text) = fs::read_to_string(pidfile) else { return "no service was running".into() };
-    let mut words = text.split_whitespace();
-    let (Some(pid), Some(start)) = (words.next().and_then(|p| p.parse::<i32>().ok()), words.next()) else {
+    let Some(ServicePid { pid, start, .. }) = ServicePid::parse(&text) else {
         return format!("{} is unreadable", pidfile.display());
     };
     let leader_alive = ProcStat::of(pid).is_some_and(|s| s.start == start && s.is_live());
