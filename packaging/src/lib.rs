@@ -4,7 +4,7 @@
 //! - [`manifest`]: `deploy/MANIFEST`, the sha256, mode and size of every file, and the revision id.
 //! - [`wheel`]: wheel names and tags, and whether a wheel fits an interpreter.
 //! - [`env_file`]: the service's EnvironmentFile.
-//! - [`procfs`]: `/proc/<pid>/stat`.
+//! - [`procfs`]: `/proc/<pid>/stat` and the process manager's pidfile.
 //! - [`unit_file`]: reading systemd unit files (ExecStart and the rest).
 //! - `render` (feature `build`): the systemd unit and hypercorn.toml.
 //! - `tarball`, `bundle` (feature `build`): the deterministic `.tgz` and its layout.
