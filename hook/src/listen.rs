@@ -29,7 +29,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use packaging::procfs::ProcStat;
+use packaging::procfs::{PidStart, ProcStat};
 
 use crate::{users, util::Log};
 
@@ -118,7 +118,7 @@ fn fingerprint(text: &str) -> String {
 
 /// The holder of one app root.
 pub struct Holder {
-    /// Its pidfile: `pid start fingerprint`.
+    /// Its pidfile: `pid start fingerprint` ([`PidStart`] and the socket file's fingerprint).
     pub pidfile: PathBuf,
     /// The control socket.
     pub control: PathBuf,
@@ -135,12 +135,9 @@ impl Holder {
     /// The running holder's pid and the fingerprint of the socket file it bound.
     fn running(&self) -> Option<(i32, String)> {
         let text = fs::read_to_string(&self.pidfile).ok()?;
-        let mut parts = text.split_whitespace();
-        let pid: i32 = parts.next()?.parse().ok()?;
-        let start = parts.next()?;
-        let print = parts.next()?.to_owned();
-        let stat = ProcStat::of(pid)?;
-        (pid > 1 && stat.start == start && stat.is_live()).then_some((pid, print))
+        let (holder, rest) = PidStart::parse(&text)?;
+        let print = rest.split_whitespace().next()?.to_owned();
+        holder.alive().then_some((holder.pid, print))
     }
 
     /// True when a holder runs with the sockets of `socket_file` as it is now.

@@ -39,6 +39,33 @@ impl ProcStat {
     }
 }
 
+/// The process a pidfile of the hook names by its first two words, `PID START`: the process
+/// manager's pidfile ([`ServicePid`]) and the socket holder's (`PID START FINGERPRINT`, in the
+/// same state directory) both begin so, and the rehearsal's cleanup stops either by them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PidStart {
+    /// The process.
+    pub pid: i32,
+    /// Its start time, as [`ProcStat::start`].
+    pub start: String,
+}
+
+impl PidStart {
+    /// Parses the first two words of a pidfile's text; returns them and the rest, trimmed.
+    pub fn parse(text: &str) -> Option<(PidStart, &str)> {
+        let mut words = text.trim().splitn(3, ' ');
+        let pid = words.next()?.parse().ok()?;
+        let start = words.next()?.to_owned();
+        Some((PidStart { pid, start }, words.next().unwrap_or("").trim()))
+    }
+
+    /// True while the process it names runs with the recorded start time (not reused, not a
+    /// zombie): never pid 1 or below.
+    pub fn alive(&self) -> bool {
+        self.pid > 1 && ProcStat::of(self.pid).is_some_and(|s| s.start == self.start && s.is_live())
+    }
+}
+
 /// The process manager's pidfile ([`crate::layout::STATE_PIDFILE`]): one line,
 /// `PID START UID EXE`, with the start time of [`ProcStat::start`], the real uid and the
 /// executable's path (last: it may hold spaces).
@@ -62,12 +89,9 @@ impl ServicePid {
 
     /// Parses a pidfile's text.
     pub fn parse(text: &str) -> Option<ServicePid> {
-        let mut words = text.trim().splitn(4, ' ');
-        let pid = words.next()?.parse().ok()?;
-        let start = words.next()?.to_owned();
-        let uid = words.next()?.parse().ok()?;
-        let exe = words.next()?.to_owned();
-        Some(ServicePid { pid, start, uid, exe })
+        let (PidStart { pid, start }, rest) = PidStart::parse(text)?;
+        let (uid, exe) = rest.split_once(' ')?;
+        Some(ServicePid { pid, start, uid: uid.parse().ok()?, exe: exe.to_owned() })
     }
 
     /// The pidfile's text.
@@ -98,7 +122,7 @@ fn proc_exe(pid: i32) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{ProcStat, ServicePid};
+    use super::{PidStart, ProcStat, ServicePid};
 
     #[test]
     fn the_fields_after_the_last_parenthesis() {
@@ -122,7 +146,13 @@ mod tests {
         assert_eq!(ServicePid::parse(&t.render()), Some(t.clone()));
         assert!(!ServicePid { pid: 1, ..t }.alive(), "pid 1 is never the service");
         assert_eq!(ServicePid::parse("1 2"), None);
+        assert_eq!(ServicePid::parse("1 2 3"), None);
+        let (holder, print) = PidStart::parse("42 9876 0123abcd\n").unwrap();
+        assert_eq!((holder.pid, holder.start.as_str(), print), (42, "9876", "0123abcd"));
+        assert!(!PidStart { pid: 1, start: "9876".into() }.alive(), "pid 1 is never ours");
+        assert_eq!(PidStart::parse("x 2"), None);
         let me = ServicePid::of(std::process::id() as i32).unwrap();
         assert!(!me.exe.is_empty() && ServicePid::parse(&me.render()) == Some(me.clone()), "{me:?}");
+        assert!(PidStart { pid: me.pid, start: me.start.clone() }.alive());
     }
 }

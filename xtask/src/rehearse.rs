@@ -29,7 +29,7 @@ use packaging::{
     bundle::Arch,
     config::Installer,
     layout,
-    procfs::{ProcStat, ServicePid},
+    procfs::{PidStart, ProcStat},
 };
 
 use crate::find_in_path;
@@ -661,15 +661,15 @@ fn group_alive(pgid: i32) -> bool {
     pids().into_iter().any(|pid| ProcStat::of(pid).is_some_and(|s| s.pgrp == pgid && s.is_live()))
 }
 
-/// Stops the process group recorded in the supervisor's pidfile ([`ServicePid`]): SIGTERM,
-/// then SIGKILL after [`STOP_GRACE`]. Says what it did.
+/// Stops the process group recorded in a pidfile of the hook (the process manager's or the socket
+/// holder's, read by [`PidStart`]): SIGTERM, then SIGKILL after [`STOP_GRACE`]. Says what it did.
 fn stop_service(pidfile: &Path) -> String {
     let Ok(text) = fs::read_to_string(pidfile) else { return "no service was running".into() };
-    let Some(ServicePid { pid, start, .. }) = ServicePid::parse(&text) else {
+    let Some((leader, _)) = PidStart::parse(&text) else {
         return format!("{} is unreadable", pidfile.display());
     };
-    let leader_alive = ProcStat::of(pid).is_some_and(|s| s.start == start && s.is_live());
-    if !leader_alive {
+    let pid = leader.pid;
+    if !leader.alive() {
         return format!("the service (process {pid}) had already exited");
     }
     let group = format!("-{pid}");
