@@ -546,7 +546,7 @@ fn deploy(
                         &requirements,
                         &requirements_shown(&staging_name),
                         &revision.dir,
-                        &logs_file,
+                        logs_file,
                         space::venv_need(wheels),
                         log,
                     )

@@ -60,21 +60,3 @@ pub fn wait_healthy(health: &Health, log: &Log) -> anyhow::Result<String> {
     }
     bail!("GET {} found no healthy answer in {}s ({tries} tries); last: {last}", health.url, health.deadline)
 }
-
-#[cfg(test)]
-mod tests {
-    use packaging::HttpUrl;
-
-    #[test]
-    fn urls() {
-        let url = HttpUrl::parse("http://127.0.0.1:8000/healthz").unwrap();
-        assert_eq!(
-            (url.addr.as_str(), url.host.as_str(), url.path.as_str()),
-            ("127.0.0.1:8000", "127.0.0.1:8000", "/healthz")
-        );
-        assert_eq!(HttpUrl::parse("http://localhost").unwrap().addr, "localhost:80");
-        assert_eq!(HttpUrl::parse("http://[::1]:9000/h").unwrap().addr, "[::1]:9000");
-        assert_eq!(HttpUrl::parse("http://[::1]/h").unwrap().addr, "[::1]:80");
-        assert!(HttpUrl::parse("https://x/").is_err());
-    }
-}

@@ -7,7 +7,6 @@ mod after_install;
 mod child;
 mod cli;
 mod context;
-mod env_file;
 mod fsx;
 mod health;
 pub mod journal;

@@ -29,6 +29,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use packaging::procfs::{PidStart, ProcStat};
 
 use crate::{users, util::Log};
 
@@ -51,13 +52,12 @@ pub struct SocketSpec {
 }
 
 impl SocketSpec {
-    /// Reads a socket unit.
+    /// Reads the `[Socket]` keys of a socket unit, through `packaging::unit_file`.
     pub fn parse(text: &str) -> SocketSpec {
         let mut spec = SocketSpec { mode: 0o666, backlog: libc::SOMAXCONN, ..SocketSpec::default() };
-        for line in text.lines() {
-            let Some((key, value)) = line.split_once('=') else { continue };
-            let value = value.trim().replace("%%", "%");
-            match key.trim() {
+        for entry in packaging::unit_file::section(text, "Socket") {
+            let value = entry.value.replace("%%", "%");
+            match entry.key.as_str() {
                 "ListenStream" => spec.listen.push(value),
                 "SocketUser" => spec.user = Some(value),
                 "SocketGroup" => spec.group = Some(value),
@@ -118,7 +118,7 @@ fn fingerprint(text: &str) -> String {
 
 /// The holder of one app root.
 pub struct Holder {
-    /// Its pidfile: `pid start fingerprint`.
+    /// Its pidfile: `pid start fingerprint` ([`PidStart`] and the socket file's fingerprint).
     pub pidfile: PathBuf,
     /// The control socket.
     pub control: PathBuf,
@@ -135,12 +135,9 @@ impl Holder {
     /// The running holder's pid and the fingerprint of the socket file it bound.
     fn running(&self) -> Option<(i32, String)> {
         let text = fs::read_to_string(&self.pidfile).ok()?;
-        let mut parts = text.split_whitespace();
-        let pid: i32 = parts.next()?.parse().ok()?;
-        let start = parts.next()?;
-        let print = parts.next()?.to_owned();
-        let stat = crate::process::proc_stat(pid)?;
-        (pid > 1 && stat.start == start && !"ZX".contains(stat.state)).then_some((pid, print))
+        let (holder, rest) = PidStart::parse(&text)?;
+        let print = rest.split_whitespace().next()?.to_owned();
+        holder.alive().then_some((holder.pid, print))
     }
 
     /// For `status`: whether a holder runs, and whether it holds `socket_file` as it is now.
@@ -257,7 +254,7 @@ pub fn holder_main(root: &Path, socket_file: &Path, control: &Path, pidfile: &Pa
     };
     fs::set_permissions(control, fs::Permissions::from_mode(0o600))?;
     let pid = std::process::id() as i32;
-    let start = crate::process::proc_stat(pid).context("cannot read this process's start time")?.start;
+    let start = ProcStat::of(pid).context("cannot read this process's start time")?.start;
     fs::write(pidfile, format!("{pid} {start} {}\n", fingerprint(&text)))?;
     let spec = SocketSpec::parse(&text);
     writeln!(stdout, "listening {}", spec.listen.join(" "))?;

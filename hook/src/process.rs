@@ -19,9 +19,13 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use packaging::layout;
+use packaging::{
+    layout,
+    procfs::ServicePid,
+    unit_file::{self, Entry},
+};
 
-use crate::{env_file, fsx, store::write_atomic, users, util::Log};
+use crate::{fsx, store::write_atomic, users, util::Log};
 
 /// Where the supervisor keeps its files, and the sandbox root that unit paths live under.
 pub struct Supervisor {
@@ -29,15 +33,6 @@ pub struct Supervisor {
     pub root: PathBuf,
     /// The state directory on the host (root-owned, 0700).
     pub state: PathBuf,
-}
-
-/// What the pidfile records of the service's main process.
-#[derive(Debug, PartialEq)]
-struct Tracked {
-    pid: i32,
-    start: String,
-    uid: u32,
-    exe: String,
 }
 
 /// The parts of a unit the supervisor needs.
@@ -59,144 +54,35 @@ pub struct UnitSpec {
     pub stop_timeout: Option<u64>,
 }
 
-/// Splits a unit value into words by systemd.syntax: double or single quotes, C escapes, and
-/// (for command lines) `%%` and `$$`.
-pub fn unit_words(value: &str, command_line: bool) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut chars = value.chars().peekable();
-    loop {
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
-        let Some(&first) = chars.peek() else { break };
-        let quote = (first == '"' || first == '\'').then(|| chars.next().unwrap());
-        let mut word = String::new();
-        while let Some(c) = chars.next() {
-            match c {
-                c if Some(c) == quote => break,
-                c if quote.is_none() && c.is_whitespace() => break,
-                '\\' => match chars.next() {
-                    Some('n') => word.push('\n'),
-                    Some('t') => word.push('\t'),
-                    Some('s') => word.push(' '),
-                    Some('x') => {
-                        let hex: String = chars.by_ref().take(2).collect();
-                        if let Ok(b) = u8::from_str_radix(&hex, 16) {
-                            word.push(b as char);
-                        }
-                    }
-                    Some(other) => word.push(other),
-                    None => {}
-                },
-                '%' if chars.peek() == Some(&'%') => {
-                    chars.next();
-                    word.push('%');
-                }
-                '$' if command_line && chars.peek() == Some(&'$') => {
-                    chars.next();
-                    word.push('$');
-                }
-                c => word.push(c),
-            }
-        }
-        words.push(word);
-    }
-    words
-}
-
 impl UnitSpec {
-    /// Reads the `[Service]` keys the supervisor uses.
+    /// Reads the `[Service]` keys the supervisor uses, through [`unit_file`].
     pub fn parse(text: &str) -> UnitSpec {
         let mut spec = UnitSpec::default();
-        for line in text.lines() {
-            let Some((key, value)) = line.split_once('=') else { continue };
-            match key.trim() {
-                "ExecStart" => spec.exec = unit_words(value, true),
-                "User" => spec.user = Some(value.trim().to_owned()),
-                "Group" => spec.group = Some(value.trim().to_owned()),
-                "WorkingDirectory" => spec.working_directory = Some(value.trim().replace("%%", "%")),
+        for Entry { key, value, .. } in unit_file::section(text, "Service") {
+            match key.as_str() {
+                "ExecStart" => spec.exec = unit_file::words(&value, true),
+                "User" => spec.user = Some(value),
+                "Group" => spec.group = Some(value),
+                "WorkingDirectory" => spec.working_directory = Some(value.replace("%%", "%")),
                 "EnvironmentFile" => {
-                    let value = value.trim().replace("%%", "%");
+                    let value = value.replace("%%", "%");
                     match value.strip_prefix('-') {
                         Some(path) => spec.environment_files.push((path.to_owned(), true)),
                         None => spec.environment_files.push((value, false)),
                     }
                 }
                 "Environment" => {
-                    for word in unit_words(value, false) {
+                    for word in unit_file::words(&value, false) {
                         if let Some((k, v)) = word.split_once('=') {
                             spec.environment.push((k.to_owned(), v.to_owned()));
                         }
                     }
                 }
-                "TimeoutStopSec" => spec.stop_timeout = value.trim().parse().ok(),
+                "TimeoutStopSec" => spec.stop_timeout = value.parse().ok(),
                 _ => {}
             }
         }
         spec
-    }
-}
-
-/// The fields of `/proc/<pid>/stat` the hook uses.
-#[derive(Debug, PartialEq)]
-pub struct ProcStat {
-    /// One letter: R, S, D, Z, X…
-    pub state: char,
-    /// The process group.
-    pub pgrp: i32,
-    /// Start time, in clock ticks since boot, as text.
-    pub start: String,
-}
-
-/// Parses `/proc/<pid>/stat` (the command name may hold spaces and parentheses: the fields
-/// start after the last `)`).
-pub fn parse_stat(stat: &str) -> Option<ProcStat> {
-    let after = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    Some(ProcStat {
-        state: fields.first()?.chars().next()?,
-        pgrp: fields.get(2)?.parse().ok()?,
-        start: fields.get(19)?.to_string(),
-    })
-}
-
-/// `/proc/<pid>/stat`, or None when the process is gone.
-pub fn proc_stat(pid: i32) -> Option<ProcStat> {
-    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-}
-
-/// The real uid of a process, from `/proc/<pid>/status`.
-fn proc_uid(pid: i32) -> Option<u32> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.parse().ok()
-}
-
-fn proc_exe(pid: i32) -> Option<String> {
-    Some(fs::read_link(format!("/proc/{pid}/exe")).ok()?.to_str()?.to_owned())
-}
-
-impl Tracked {
-    fn of(pid: i32) -> Option<Tracked> {
-        Some(Tracked { pid, start: proc_stat(pid)?.start, uid: proc_uid(pid)?, exe: proc_exe(pid)? })
-    }
-
-    fn parse(text: &str) -> Option<Tracked> {
-        let mut words = text.trim().splitn(4, ' ');
-        let pid = words.next()?.parse().ok()?;
-        let start = words.next()?.to_owned();
-        let uid = words.next()?.parse().ok()?;
-        let exe = words.next()?.to_owned();
-        Some(Tracked { pid, start, uid, exe })
-    }
-
-    /// True while the process it names is the one it recorded, alive, and the leader of its
-    /// own group: never pid 1 or below.
-    fn alive(&self) -> bool {
-        self.pid > 1
-            && proc_stat(self.pid)
-                .is_some_and(|s| s.start == self.start && s.pgrp == self.pid && !"ZX".contains(s.state))
-            && proc_uid(self.pid) == Some(self.uid)
-            && proc_exe(self.pid).as_deref() == Some(self.exe.as_str())
     }
 }
 
@@ -214,9 +100,9 @@ impl Supervisor {
         self.root.join(abs.trim_start_matches('/'))
     }
 
-    fn tracked(&self) -> Option<Tracked> {
+    fn tracked(&self) -> Option<ServicePid> {
         let text = fsx::read_trusted(&self.pidfile(), 4096).ok()?;
-        Tracked::parse(&String::from_utf8_lossy(&text)).filter(Tracked::alive)
+        ServicePid::parse(&String::from_utf8_lossy(&text)).filter(ServicePid::alive)
     }
 
     /// The running service's pid, checked against its recorded start time, uid and executable.
@@ -250,7 +136,7 @@ impl Supervisor {
             let path = self.host(file);
             match fsx::read_trusted(&path, 4 << 20) {
                 Ok(text) => env.extend(
-                    env_file::parse(&String::from_utf8_lossy(&text))
+                    packaging::env_file::parse(&String::from_utf8_lossy(&text))
                         .into_iter()
                         .map(|(k, v)| (k.into(), v.into())),
                 ),
@@ -299,12 +185,8 @@ impl Supervisor {
         }
         let child = cmd.spawn().with_context(|| format!("cannot start {program}"))?;
         let pid = child.id() as i32;
-        let tracked = Tracked::of(pid).context("the service exited at once")?;
-        write_atomic(
-            &self.pidfile(),
-            format!("{pid} {} {} {}\n", tracked.start, tracked.uid, tracked.exe).as_bytes(),
-            0o600,
-        )?;
+        let tracked = ServicePid::of(pid).context("the service exited at once")?;
+        write_atomic(&self.pidfile(), tracked.render().as_bytes(), 0o600)?;
         log.info(format!("started {program} as process {pid}; output in {}", log_file.display()));
         Ok(())
     }
@@ -381,10 +263,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unquotes_what_the_renderer_quotes() {
-        let words =
-            unit_words(r#""plain" "with space" "50%%" "$$HOME" "q\"uote" "back\\slash" "" bare"#, true);
-        assert_eq!(words, ["plain", "with space", "50%", "$HOME", "q\"uote", "back\\slash", "", "bare"]);
+    fn reads_the_service_keys() {
         let spec = UnitSpec::parse(
             "[Service]\nUser=snake\nEnvironment=\"A=x y\" \"B=100%%\"\nEnvironmentFile=-/e\nTimeoutStopSec=15\n",
         );
@@ -392,15 +271,5 @@ mod tests {
         assert_eq!(spec.environment, [("A".into(), "x y".into()), ("B".into(), "100%".into())]);
         assert_eq!(spec.environment_files, [("/e".to_owned(), true)]);
         assert_eq!(spec.stop_timeout, Some(15));
-    }
-
-    #[test]
-    fn reads_stat_and_the_pidfile() {
-        let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 9876 0 0";
-        assert_eq!(parse_stat(stat), Some(ProcStat { state: 'S', pgrp: 42, start: "9876".into() }));
-        let t = Tracked::parse("42 9876 1500 /usr/bin/python3.12\n").unwrap();
-        assert_eq!((t.pid, t.uid, t.exe.as_str()), (42, 1500, "/usr/bin/python3.12"));
-        assert!(!Tracked { pid: 1, ..t }.alive(), "pid 1 is never the service");
-        assert_eq!(Tracked::parse("1 2"), None);
     }
 }

@@ -476,7 +476,7 @@ impl Store {
     /// The environment file's variables, for the import check and post-install commands.
     pub fn env_vars(&self) -> anyhow::Result<Vec<(String, String)>> {
         let data = self.state.read(ENV_FILE, READ_CAP)?.unwrap_or_default();
-        Ok(crate::env_file::parse(&String::from_utf8_lossy(&data)))
+        Ok(packaging::env_file::parse(&String::from_utf8_lossy(&data)))
     }
 }
 

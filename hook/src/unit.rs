@@ -5,7 +5,6 @@ use anyhow::{Context, bail};
 
 use crate::{
     fsx,
-    process::UnitSpec,
     service::Service,
     store::write_atomic,
     util::{Log, failpoint},
@@ -53,8 +52,8 @@ pub fn install(service: &Service, wanted: &[u8], socket: Option<&[u8]>, log: &Lo
 
 /// The module of the service's ASGI app: the part before `:` of ExecStart's last word.
 pub fn asgi_module(unit_text: &str) -> anyhow::Result<String> {
-    let spec = UnitSpec::parse(unit_text);
-    match spec.exec.last().and_then(|last| last.split_once(':')) {
+    let exec = packaging::unit_file::exec_start(unit_text).unwrap_or_default();
+    match exec.last().and_then(|last| last.split_once(':')) {
         Some((module, _)) if !module.is_empty() => Ok(module.to_owned()),
         _ => bail!("cannot find the ASGI app (MODULE:ATTRIBUTE) at the end of the unit's ExecStart"),
     }

@@ -93,7 +93,7 @@ macro_rules! validated_string {
     };
 }
 
-fn no_control(value: &str) -> Result<(), String> {
+pub(crate) fn no_control(value: &str) -> Result<(), String> {
     match value.chars().find(|c| c.is_control()) {
         Some(c) => Err(format!(
             "{value:?} contains the control character {c:?}, which a unit file or TOML value cannot hold"
@@ -195,15 +195,7 @@ fn env_name(value: &str) -> Result<(), String> {
 }
 
 fn health_url(value: &str) -> Result<(), String> {
-    no_control(value)?;
-    let rest = value
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{value:?}: only http:// health URLs are supported"))?;
-    let (authority, _path) = rest.split_once('/').unwrap_or((rest, ""));
-    if authority.is_empty() || value.contains(char::is_whitespace) {
-        return Err(format!("{value:?} is not an http://HOST[:PORT]/PATH URL"));
-    }
-    Ok(())
+    crate::HttpUrl::parse(value).map(drop)
 }
 
 fn py_version(value: &str) -> Result<(), String> {

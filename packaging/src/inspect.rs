@@ -5,7 +5,7 @@
 
 use appspec::diag::{Finding, Severity};
 
-use crate::config::Release;
+use crate::{config::Release, unit_file};
 
 /// Every attribute of hypercorn 0.18's `Config`: `Config.from_toml` sets whatever it is given
 /// and silently ignores what it does not know, so anything else is a typo.
@@ -478,50 +478,16 @@ pub fn wheels(
     out
 }
 
-/// The `[Section] Key=value` lines of a unit file, continuation lines joined.
-fn unit_entries(text: &str) -> Vec<(usize, String, String, String)> {
-    let mut out = Vec::new();
-    let mut section = String::new();
-    let mut pending: Option<(usize, String)> = None;
-    for (idx, line) in text.lines().enumerate() {
-        let (start, mut joined) = match pending.take() {
-            Some((start, prev)) => (start, prev),
-            None => {
-                let trimmed = line.trim();
-                if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with(';') {
-                    continue;
-                }
-                if trimmed.starts_with('[') && trimmed.ends_with(']') {
-                    section = trimmed[1..trimmed.len() - 1].to_owned();
-                    continue;
-                }
-                (idx + 1, String::new())
-            }
-        };
-        if let Some(cont) = line.strip_suffix('\\') {
-            joined.push_str(cont);
-            joined.push(' ');
-            pending = Some((start, joined));
-            continue;
-        }
-        joined.push_str(line);
-        if let Some((key, value)) = joined.split_once('=') {
-            out.push((start, section.clone(), key.trim().to_owned(), value.trim().to_owned()));
-        }
-    }
-    out
-}
-
 /// The unit holds what deploy-hook relies on: a `[Service]` whose ExecStart runs the release's
 /// venv, as the release's user and group, from `<app_root>/current`.
 pub fn unit(file: &str, text: &str, release: &Release) -> Vec<Finding> {
-    let entries = unit_entries(text);
+    let entries = unit_file::entries(text);
     let get = |section: &str, key: &str| {
         entries
             .iter()
             .rev()
-            .find(|(_, s, k, _)| s == section && k == key)
-            .map(|(l, _, _, v)| (*l, v.as_str()))
+            .find(|e| e.section == section && e.key == key)
+            .map(|e| (e.line, e.value.as_str()))
     };
     let mut out = Vec::new();
     let mut need = |key: &str, want: Option<&str>, fix: String| match (get("Service", key), want) {
@@ -550,8 +516,10 @@ pub fn unit(file: &str, text: &str, release: &Release) -> Vec<Finding> {
     need("WorkingDirectory", Some(current.as_str()), format!("set WorkingDirectory={current}"));
     need("ExecStart", None, "add ExecStart= running hypercorn from the release's venv".into());
     if let Some((line, exec)) = get("Service", "ExecStart") {
+        let words = unit_file::words(exec, true);
+        let runs = |what: &str| words.iter().any(|word| word.contains(what));
         let venv = release.venv_dir();
-        if !exec.contains(&venv) {
+        if !runs(&venv) {
             out.push(
                 Finding::file(
                     file,
@@ -563,7 +531,7 @@ pub fn unit(file: &str, text: &str, release: &Release) -> Vec<Finding> {
                 .at(line, 1),
             );
         }
-        if !exec.contains("hypercorn") {
+        if !runs("hypercorn") {
             out.push(
                 Finding::file(
                     file,

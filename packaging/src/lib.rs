@@ -3,6 +3,9 @@
 //! - [`config`]: `deploy.yaml` (written by a team) and `deploy/release.yaml` (resolved from it).
 //! - [`manifest`]: `deploy/MANIFEST`, the sha256, mode and size of every file, and the revision id.
 //! - [`wheel`]: wheel names and tags, and whether a wheel fits an interpreter.
+//! - [`env_file`]: the service's EnvironmentFile.
+//! - [`procfs`]: `/proc/<pid>/stat` and the process manager's pidfile.
+//! - [`unit_file`]: reading systemd unit files (ExecStart and the rest).
 //! - `render` (feature `build`): the systemd unit and hypercorn.toml.
 //! - `tarball`, `bundle` (feature `build`): the deterministic `.tgz` and its layout.
 //!
@@ -11,7 +14,10 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod env_file;
 pub mod manifest;
+pub mod procfs;
+pub mod unit_file;
 pub mod wheel;
 
 #[cfg(feature = "build")]
@@ -81,8 +87,9 @@ pub mod layout {
     }
 }
 
-/// The environment variables that reach pip and uv (proxy and package index settings): the hook
-/// passes these of its own environment to the installers, and a rehearsal passes them to the hook.
+/// The environment variables that reach pip and uv (proxy and package index settings), the one
+/// list of them: the hook passes these of its own environment to the installers and its other
+/// children (`hook::venv::child_env`), and a rehearsal passes them to the hook.
 pub fn passed_to_installers(name: &str) -> bool {
     name.starts_with("PIP_")
         || name.starts_with("UV_")
@@ -103,20 +110,31 @@ pub struct HttpUrl {
 }
 
 impl HttpUrl {
-    /// Splits `url`; the one parser of health URLs (the hook's check, the rehearsal's port probe).
+    /// Splits `url`; the one parser of health URLs: deploy.yaml's and release.yaml's
+    /// `health.url` are checked by it while they are parsed, and the hook's check and the
+    /// rehearsal's port probe split them with it. Control characters and whitespace are refused
+    /// (the URL goes into the request line), as are an empty host and a bracketed IPv6 address
+    /// followed by anything but `:PORT`.
     pub fn parse(url: &str) -> Result<HttpUrl, String> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| format!("{url}: only http:// URLs"))?;
+        config::no_control(url)?;
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("{url:?}: only http:// health URLs are supported"))?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
-        if authority.is_empty() {
-            return Err(format!("{url}: no host"));
+        if authority.is_empty() || url.contains(char::is_whitespace) {
+            return Err(format!("{url:?} is not an http://HOST[:PORT]/PATH URL"));
         }
         let addr = match authority.strip_prefix('[').and_then(|v6| v6.split_once(']')) {
             Some((_, "")) => format!("{authority}:80"),
             Some((_, port)) if port.starts_with(':') => authority.to_owned(),
-            Some(_) => return Err(format!("{url}: bad IPv6 address")),
+            Some(_) => {
+                return Err(format!(
+                    "{url:?} is not an http://HOST[:PORT]/PATH URL: [IPV6] may be followed only by :PORT"
+                ));
+            }
             None if authority.contains(':') => authority.to_owned(),
             None => format!("{authority}:80"),
         };
@@ -132,4 +150,54 @@ pub fn hex(bytes: &[u8]) -> String {
         write!(out, "{b:02x}").expect("writing to a String");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HttpUrl;
+
+    #[test]
+    fn what_reaches_the_installers() {
+        for name in [
+            "PIP_INDEX_URL",
+            "UV_INDEX_URL",
+            "http_proxy",
+            "HTTPS_PROXY",
+            "No_Proxy",
+            "SSL_CERT_FILE",
+            "REQUESTS_CA_BUNDLE",
+        ] {
+            assert!(super::passed_to_installers(name), "{name}");
+        }
+        for name in [
+            "PATH",
+            "HOME",
+            "LD_PRELOAD",
+            "PYTHONPATH",
+            "AWS_SECRET_ACCESS_KEY",
+            "ssl_cert_file",
+            "pip_index_url",
+        ] {
+            assert!(!super::passed_to_installers(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn http_urls() {
+        let url = HttpUrl::parse("http://127.0.0.1:8000/healthz").unwrap();
+        assert_eq!(
+            (url.addr.as_str(), url.host.as_str(), url.path.as_str()),
+            ("127.0.0.1:8000", "127.0.0.1:8000", "/healthz")
+        );
+        assert_eq!(HttpUrl::parse("http://localhost").unwrap().addr, "localhost:80");
+        assert_eq!(HttpUrl::parse("http://localhost").unwrap().path, "/");
+        assert_eq!(HttpUrl::parse("http://[::1]:9000/h").unwrap().addr, "[::1]:9000");
+        assert_eq!(HttpUrl::parse("http://[::1]/h").unwrap().addr, "[::1]:80");
+        let err = |url: &str| HttpUrl::parse(url).unwrap_err();
+        assert_eq!(err("https://x/"), r#""https://x/": only http:// health URLs are supported"#);
+        assert_eq!(err("http:///healthz"), r#""http:///healthz" is not an http://HOST[:PORT]/PATH URL"#);
+        assert_eq!(err("http://x/a b"), r#""http://x/a b" is not an http://HOST[:PORT]/PATH URL"#);
+        assert!(err("http://x/\r\nHost: y").contains("control character"));
+        assert!(err("http://[::1]x/").contains("[IPV6] may be followed only by :PORT"));
+    }
 }

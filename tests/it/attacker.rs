@@ -528,8 +528,7 @@ fn attack_10_forged_pidfile_never_signals_another_group() {
     let _turn = SERVICE.lock().unwrap_or_else(|e| e.into_inner());
     let mut t = Target::new();
     let pid = t.canaries.process.id();
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let start = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(19).unwrap().to_owned();
+    let start = packaging::procfs::ProcStat::of(pid as i32).unwrap().start;
     let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap();
     // The pidfile as the previous layout wrote it ("PID START"), and as this one does.
     let mut planted = false;

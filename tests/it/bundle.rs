@@ -161,8 +161,8 @@ fn systemd_analyze_accepts_the_unit_silently() {
     let unit = tree.path().join("configs/python-app.service");
     let text = fs::read_to_string(&unit).unwrap();
     // Make the ExecStart binary exist, as it will on the instance.
-    let python =
-        text.lines().find_map(|l| l.strip_prefix("ExecStart=\"")).unwrap().split('"').next().unwrap();
+    let exec = packaging::unit_file::exec_start(&text).unwrap();
+    let python = exec[0].as_str();
     assert!(python.starts_with(app_root.to_str().unwrap()) && python.contains("/venvs/v-"), "{python}");
     fs::create_dir_all(Path::new(python).parent().unwrap()).unwrap();
     fs::copy("/bin/true", python).unwrap();

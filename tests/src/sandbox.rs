@@ -148,10 +148,7 @@ impl Sandbox {
     pub fn start_service(&self, unit_name: &str) -> anyhow::Result<Service> {
         let current = self.app_root().join("current");
         let unit = fs::read_to_string(current.join("configs").join(unit_name))?;
-        let exec =
-            unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).context("the unit has no ExecStart")?;
-        let words: Vec<String> =
-            exec.split(' ').map(|w| w.trim_matches('"').replace("%%", "%").replace("$$", "$")).collect();
+        let words = packaging::unit_file::exec_start(&unit).context("the unit has no ExecStart")?;
         let program = self.root.join(words[0].trim_start_matches('/'));
         let log = fs::File::create(self.root.parent().unwrap().join("service.log"))?;
         let mut cmd = Command::new(&program);
@@ -160,9 +157,10 @@ impl Sandbox {
         let socket = current.join("configs").join(unit_name.replace(".service", ".socket"));
         if let Ok(text) = fs::read_to_string(&socket) {
             let mut listeners = Vec::new();
-            for addr in text.lines().filter_map(|l| l.strip_prefix("ListenStream=")) {
+            let socket = packaging::unit_file::section(&text, "Socket");
+            for addr in socket.filter(|e| e.key == "ListenStream").map(|e| e.value) {
                 let listener =
-                    std::net::TcpListener::bind(addr).with_context(|| format!("cannot bind {addr}"))?;
+                    std::net::TcpListener::bind(&addr).with_context(|| format!("cannot bind {addr}"))?;
                 // Above any number the child's fds 3.. take, so dup2 overwrites none of them.
                 // SAFETY: fcntl duplicates a descriptor we own; the copy is owned from here on.
                 let high = unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) };
@@ -200,12 +198,7 @@ impl Sandbox {
 }
 
 fn read_env(path: &Path) -> Vec<(String, String)> {
-    fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-        .collect()
+    packaging::env_file::parse(&fs::read_to_string(path).unwrap_or_default())
 }
 
 /// A service process, killed when dropped.

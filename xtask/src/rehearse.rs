@@ -24,7 +24,13 @@ use appspec::{
     LifecycleEvent,
     diag::{Finding, Severity},
 };
-use packaging::{Release, bundle::Arch, config::Installer, layout};
+use packaging::{
+    Release,
+    bundle::Arch,
+    config::Installer,
+    layout,
+    procfs::{PidStart, ProcStat},
+};
 
 use crate::find_in_path;
 
@@ -645,13 +651,6 @@ fn signal(target: &str, sig: &str) {
         .status();
 }
 
-/// `/proc/<pid>/stat`: state, process group and start time.
-fn proc_stat(pid: i32) -> Option<(char, i32, String)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    Some((fields.first()?.chars().next()?, fields.get(2)?.parse().ok()?, fields.get(19)?.to_string()))
-}
-
 fn pids() -> Vec<i32> {
     fs::read_dir("/proc")
         .map(|it| it.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
@@ -659,21 +658,18 @@ fn pids() -> Vec<i32> {
 }
 
 fn group_alive(pgid: i32) -> bool {
-    pids()
-        .into_iter()
-        .any(|pid| proc_stat(pid).is_some_and(|(state, pgrp, _)| pgrp == pgid && !"ZX".contains(state)))
+    pids().into_iter().any(|pid| ProcStat::of(pid).is_some_and(|s| s.pgrp == pgid && s.is_live()))
 }
 
-/// Stops the process group recorded in the supervisor's pidfile ("PID STARTTIME UID EXE"): SIGTERM,
-/// then SIGKILL after [`STOP_GRACE`]. Says what it did.
+/// Stops the process group recorded in a pidfile of the hook (the process manager's or the socket
+/// holder's, read by [`PidStart`]): SIGTERM, then SIGKILL after [`STOP_GRACE`]. Says what it did.
 fn stop_service(pidfile: &Path) -> String {
     let Ok(text) = fs::read_to_string(pidfile) else { return "no service was running".into() };
-    let mut words = text.split_whitespace();
-    let (Some(pid), Some(start)) = (words.next().and_then(|p| p.parse::<i32>().ok()), words.next()) else {
+    let Some((leader, _)) = PidStart::parse(&text) else {
         return format!("{} is unreadable", pidfile.display());
     };
-    let leader_alive = proc_stat(pid).is_some_and(|(state, _, s)| s == start && !"ZX".contains(state));
-    if !leader_alive {
+    let pid = leader.pid;
+    if !leader.alive() {
         return format!("the service (process {pid}) had already exited");
     }
     let group = format!("-{pid}");
@@ -702,7 +698,7 @@ fn processes_under(prefix: &str) -> Vec<(i32, String)> {
     };
     let mut found = Vec::new();
     for pid in pids() {
-        if pid == me || proc_stat(pid).is_none_or(|(state, _, _)| "ZX".contains(state)) {
+        if pid == me || ProcStat::of(pid).is_none_or(|s| !s.is_live()) {
             continue;
         }
         for link in ["cwd", "exe"] {

@@ -24,7 +24,10 @@ use packaging::{
     reader::{self, Item, Kind, Limits, Revision},
 };
 
-use crate::{find_in_path, flags, rehearse};
+use crate::{
+    elf::{ElfInfo, machine_name},
+    find_in_path, flags, rehearse,
+};
 
 /// How to verify.
 #[derive(Debug, Clone, Default)]
@@ -380,7 +383,7 @@ fn check_hooks(
 }
 
 fn check_elf(file: &str, data: &[u8], arch: Option<Arch>, findings: &mut Vec<Finding>) {
-    let elf = match goblin::elf::Elf::parse(data) {
+    let elf = match ElfInfo::parse(data) {
         Ok(elf) => elf,
         Err(e) => {
             findings.push(Finding::file(
@@ -393,7 +396,7 @@ fn check_elf(file: &str, data: &[u8], arch: Option<Arch>, findings: &mut Vec<Fin
             return;
         }
     };
-    if let Some(interp) = elf.interpreter {
+    if let Some(interp) = &elf.interpreter {
         findings.push(Finding::file(
             file,
             "hook.elf-dynamic",
@@ -411,12 +414,7 @@ fn check_elf(file: &str, data: &[u8], arch: Option<Arch>, findings: &mut Vec<Fin
             "build it static, for a musl target (cargo xtask bundle does)",
         ));
     }
-    let machine = elf.header.e_machine;
-    let name = |m: u16| match m {
-        62 => "x86_64".to_owned(),
-        183 => "aarch64".to_owned(),
-        other => format!("machine {other}"),
-    };
+    let machine = elf.machine;
     match arch {
         Some(arch) if arch.elf_machine() != machine => findings.push(Finding::file(
             file,
@@ -424,7 +422,7 @@ fn check_elf(file: &str, data: &[u8], arch: Option<Arch>, findings: &mut Vec<Fin
             Severity::Error,
             format!(
                 "an {} binary, but the instances are {}: it fails with \"Exec format error\"",
-                name(machine),
+                machine_name(machine),
                 arch.name()
             ),
             format!("build the hook for {} (cargo xtask bundle --target {})", arch.name(), arch.name()),
@@ -436,7 +434,7 @@ fn check_elf(file: &str, data: &[u8], arch: Option<Arch>, findings: &mut Vec<Fin
             Severity::Warning,
             format!(
                 "an {} binary; the instances' architecture is unknown, so it was not compared",
-                name(machine)
+                machine_name(machine)
             ),
             "pass --arch x86_64 or --arch aarch64",
         )),

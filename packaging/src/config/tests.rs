@@ -217,6 +217,12 @@ fn bad_values_fail_at_parse_time_with_line_and_column() {
         expect!["app/deploy.yaml: health.deadline: 0 is below 1 at line 3 column 13"],
     );
     check_err(
+        "app: api\nhealth:\n  url: http://[::1]x/healthz\n",
+        expect![[
+            r#"app/deploy.yaml: health.url: "http://[::1]x/healthz" is not an http://HOST[:PORT]/PATH URL: [IPV6] may be followed only by :PORT at line 3 column 8"#
+        ]],
+    );
+    check_err(
         "app: api\nhealth:\n  try_timeout: 0\n",
         expect!["app/deploy.yaml: health.try_timeout: 0 is below 1 at line 3 column 16"],
     );

@@ -1,5 +1,6 @@
-//! The one parser of an EnvironmentFile (`KEY=VALUE` lines), for the import check, post-install
-//! commands and the process manager.
+//! The one parser of an EnvironmentFile (`KEY=VALUE` lines): the hook's import check,
+//! post-install commands and process manager read the service's environment file with it, and
+//! so does the test sandbox when it starts a service as its unit would.
 
 /// `KEY=VALUE` lines of an EnvironmentFile: comments and blanks skipped, one level of quotes
 /// removed, keys that are not shell-style names dropped.
