@@ -98,7 +98,17 @@ fn first_deployment_with_pip_then_redeploys_flips_and_no_ops() {
     let venv = fs::read_link(release.join(".venv")).unwrap();
     assert_eq!(fs::metadata(release.join(&venv)).unwrap().uid(), 0, "the venv is root's once built");
     assert_eq!(fs::read_to_string(release.join("REVISION")).unwrap().trim(), rev_a);
-    assert!(!release.join("__pycache__").exists(), "the import check wrote bytecode into the release");
+    // Bytecode was compiled at build time, root's and hash-checked (the release's mtimes are
+    // the archive's): the service, which cannot write the release, compiles nothing at start.
+    let pycs: Vec<_> =
+        fs::read_dir(release.join("__pycache__")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(pycs.iter().any(|p| p.to_string_lossy().contains("/app.cpython-")), "{pycs:?}");
+    for pyc in &pycs {
+        let meta = fs::metadata(pyc).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o022), (0, 0), "{pyc:?}");
+        let head = fs::read(pyc).unwrap();
+        assert_eq!(u32::from_le_bytes(head[4..8].try_into().unwrap()), 0b11, "{pyc:?} is not hash-checked");
+    }
     let unit = sandbox.root.join("etc/systemd/system").join(UNIT);
     assert_eq!(fs::read(&unit).unwrap(), fs::read(release.join("configs").join(UNIT)).unwrap());
     assert_eq!(fs::metadata(&unit).unwrap().permissions().mode() & 0o777, 0o644);

@@ -77,7 +77,7 @@ fn the_example_bundle_rehearses_clean_and_leaves_nothing() {
         text.lines()
             .next()
             .unwrap()
-            .ends_with(": ok: 0 errors, 0 warnings, 0 notes (19 files, ours, unit exposure 1.3)"),
+            .ends_with(": ok: 0 errors, 0 warnings, 0 notes (20 files, ours, unit exposure 1.3)"),
         "{text}"
     );
     let secs = |line: &str| -> f64 {

@@ -99,7 +99,7 @@ fn the_unit_reader_reads_back_what_is_rendered() {
     let text = unit(&config, &release);
     let exec = crate::unit_file::exec_start(&text).unwrap();
     assert_eq!(exec[0], format!("{}/bin/python", release.venv_dir()));
-    assert_eq!(exec[1..], ["-m", "hypercorn", "--config", "configs/hypercorn.toml", "shop.web:app"]);
+    assert_eq!(exec[1..], ["configs/serve.py", "--config", "configs/hypercorn.toml", "shop.web:app"]);
     let env: Vec<String> = crate::unit_file::section(&text, "Service")
         .filter(|e| e.key == "Environment")
         .flat_map(|e| crate::unit_file::words(&e.value, false))
