@@ -308,25 +308,32 @@ pub fn compact_journal(journal: &Journal, log: &Log) {
 }
 
 /// What is left of AfterInstall's timeout for the next child.
+/// The script [`compile_release`] runs.
+const COMPILE_PY: &str = include_str!("python/compile.py");
+
 /// Compiles the staged release's Python files into `__pycache__` (hash-checked pycs for the
 /// release's interpreter), so the service, which cannot write the root-owned release, does not
-/// compile the application on every start. Run as root: compiling parses the source from the
-/// archive, it runs none of it (`-I -S`: no site, no environment, no working directory on the
-/// path). A file that does not compile is left to Python at import: some trees carry `.py`
-/// files that are not meant for this interpreter. Returns that warning, if any; an interrupted
-/// or timed-out compilation is an error.
+/// compile the application on every start. A pyc of the live release `live` whose source hash
+/// matches is hard-linked instead, so a redeploy compiles only the files that changed. Run as
+/// root, in the releases directory, on names, never paths through the app user's directories:
+/// compiling parses the source from the archive, it runs none of it (`-I -S`: no site, no
+/// environment, no working directory on the path). A file that does not compile is left to
+/// Python at import: some trees carry `.py` files that are not meant for this interpreter.
+/// Returns that warning, if any; an interrupted or timed-out compilation is an error.
 fn compile_release(
     release: &Release,
-    staging: &Path,
+    releases: &Path,
+    staging_name: &str,
+    live: Option<&str>,
     log_file: &Path,
     budget: Budget,
 ) -> anyhow::Result<Option<String>> {
     let mut cmd = Command::new(release.python.as_str());
-    cmd.args(["-I", "-S", "-m", "compileall", "-q", "--invalidation-mode", "checked-hash", "."])
+    cmd.args(["-I", "-S", "-c", COMPILE_PY, staging_name, live.unwrap_or("")])
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
         .env("LANG", "C.UTF-8")
-        .current_dir(staging);
+        .current_dir(releases);
     let spawn =
         Spawn { what: "bytecode compilation", ids: None, timeout: Duration::from_secs(300), log: log_file };
     match budget.run(cmd, spawn) {
@@ -536,8 +543,12 @@ fn deploy(
             // The release's bytecode is compiled (by the system interpreter, as root) while the
             // venv is built (by the installers, as the build identity): neither needs the other.
             let (outcome, compiled) = std::thread::scope(|scope| {
-                let (budget, staging, logs_file) = (budget(release, log), &staging, &logs_file);
-                let compiling = scope.spawn(move || compile_release(release, staging, logs_file, budget));
+                let (budget, logs_file) = (budget(release, log), &logs_file);
+                let (releases_dir, name) = (store.releases(), staging_name.as_str());
+                let live = store.current_revision().filter(|live| live != rev);
+                let compiling = scope.spawn(move || {
+                    compile_release(release, &releases_dir, name, live.as_deref(), logs_file, budget)
+                });
                 let outcome = log.step("python environment", |log| {
                     let requirements = fsx::read_trusted(&staging.join(layout::REQUIREMENTS), READ_CAP)?;
                     venv::ensure(

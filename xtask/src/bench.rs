@@ -108,9 +108,15 @@ fn make_app(sh: &Shell, app: &Path, files: u64, mib: u64) -> anyhow::Result<()> 
     for i in 0..files {
         let dir = app.join(format!("src/pkg/sub{:02}", i % 50));
         fs::create_dir_all(&dir)?;
+        // Valid Python of exactly `per_file` bytes: whole lines, then a comment to fill up (a
+        // module cut mid-line would not compile, and AfterInstall compiles the release).
         let line = format!("VALUE_{i} = {i}  # padding to make a realistic module\n");
-        let body = line.repeat(per_file / line.len() + 1);
-        fs::write(dir.join(format!("mod_{i:05}.py")), &body.as_bytes()[..per_file])?;
+        let mut body = line.repeat(per_file.saturating_sub(2) / line.len());
+        let fill = per_file.saturating_sub(body.len() + 2);
+        body.push('#');
+        body.push_str(&" ".repeat(fill));
+        body.push('\n');
+        fs::write(dir.join(format!("mod_{i:05}.py")), body)?;
     }
     Ok(())
 }
