@@ -133,22 +133,20 @@ pub fn ensure(
             Ok(done) => done.read(VENV_COMPLETE, 64 << 10)?,
             Err(_) => None,
         };
-        let (probing, probed) = match existing {
+        // The probe's answer is checked before the installer's: its failure says more about a
+        // broken interpreter.
+        let (built, probed) = match existing {
             Some(marker) => {
                 let probed = join(probing)?;
                 if reusable(store, &key, &marker, &probed, python, log) {
                     return Ok(Outcome::Reused);
                 }
-                (None, Some(probed))
+                (build(store, release, &key, need, requirements, archive, log_file, log, ids), probed)
             }
-            None => (Some(probing), None),
-        };
-        let built = build(store, release, &key, need, requirements, archive, log_file, log, ids);
-        // The probe's failure says more than the installer's about a broken interpreter.
-        let probed = match (probed, probing) {
-            (Some(probed), _) => probed,
-            (None, Some(handle)) => join(handle)?,
-            (None, None) => unreachable!("the probe is either joined or pending"),
+            None => {
+                let built = build(store, release, &key, need, requirements, archive, log_file, log, ids);
+                (built, join(probing)?)
+            }
         };
         let (used, guard) = built?;
         let built = venvs.sub_owned(&key, store.me.uid)?;
