@@ -11,7 +11,7 @@ use std::{
 
 use tests::{
     build_bundle, describe, edit_file,
-    sandbox::{APP_UID, Sandbox, example_variant, free_port, http_get},
+    sandbox::{APP_UID, Sandbox, example_variant, free_port, http_get, revisions_a_and_b},
 };
 
 const UNIT: &str = "python-app.service";
@@ -322,10 +322,7 @@ fn an_altered_release_yaml_is_refused_before_anything_is_written() {
 #[test]
 fn a_half_removed_release_or_venv_is_rebuilt_not_reused() {
     let port = free_port();
-    let (dir, app) = example_variant(port, &[]).unwrap();
-    let bundle_a = build_bundle(&app, &dir.path().join("a"), &[]).unwrap();
-    edit_file(&app, "src/app.py", "hello", "hello B");
-    let bundle_b = build_bundle(&app, &dir.path().join("b"), &[]).unwrap();
+    let (_dir, _app, bundle_a, bundle_b) = revisions_a_and_b(port).unwrap();
     let sandbox = Sandbox::new().unwrap();
     assert_ok(&sandbox.after_install(&bundle_a, "d-HALFREL01").unwrap());
     let rev_a = sandbox.current().unwrap();
@@ -551,10 +548,7 @@ fn killed_between_writes_then_a_rerun_reloads_and_removes_temporaries() {
 #[test]
 fn a_journal_that_cannot_be_written_after_the_switch_undoes_it() {
     let port = free_port();
-    let (dir, app) = example_variant(port, &[]).unwrap();
-    let bundle_a = build_bundle(&app, &dir.path().join("a"), &[]).unwrap();
-    edit_file(&app, "src/app.py", "hello", "hello B");
-    let bundle_b = build_bundle(&app, &dir.path().join("b"), &[]).unwrap();
+    let (_dir, _app, bundle_a, bundle_b) = revisions_a_and_b(port).unwrap();
     let sandbox = Sandbox::new().unwrap();
     assert_ok(&sandbox.after_install(&bundle_a, "d-JOURNAL01").unwrap());
     let rev_a = sandbox.current().unwrap();

@@ -14,7 +14,7 @@ use std::{
 
 use tests::{
     build_bundle, describe, edit_file, path_str, run_ok,
-    sandbox::{APP_UID, Sandbox, example_variant, free_port},
+    sandbox::{APP_UID, Sandbox, free_port, revisions_a_and_b},
 };
 
 use crate::after_install::{
@@ -86,10 +86,7 @@ fn last_live(sandbox: &Sandbox) -> String {
 fn a_full_disk_fails_with_a_message_about_space_and_changes_nothing() {
     let port = free_port();
     // Vendored (the example's default): no index needed, the wheels' sizes in the MANIFEST.
-    let (dir, app) = example_variant(port, &[]).unwrap();
-    let bundle_a = build_bundle(&app, &dir.path().join("a"), &[]).unwrap();
-    edit_file(&app, "src/app.py", "hello", "hello B");
-    let bundle_b = build_bundle(&app, &dir.path().join("b"), &[]).unwrap();
+    let (dir, app, bundle_a, bundle_b) = revisions_a_and_b(port).unwrap();
     // C: a post-install command that fills the disk as the app user, as a migration writing
     // a dump or pip unpacking a large wheel would.
     let post = "post_install:\n  - name: fill\n    run: [sh, -c, 'cat /dev/zero > \"$HOME/shared/fill\"']\n    timeout: 60";

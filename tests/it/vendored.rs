@@ -15,7 +15,7 @@ use std::{
 use packaging::wheel::{Interpreter, Libc, WheelName};
 use tests::{
     build_bundle, describe, edit_file, path_str, run_ok,
-    sandbox::{Sandbox, example_variant, free_port, http_get},
+    sandbox::{Sandbox, example_variant, free_port, http_get, revisions_a_and_b},
     xtask_bundle_cmd,
 };
 
@@ -106,10 +106,7 @@ fn falls_back_to_pip_with_the_same_wheels_when_the_build_identity_cannot_run_uv(
 #[test]
 fn a_venv_is_rebuilt_when_its_interpreter_changed() {
     let port = free_port();
-    let (dir, app) = example_variant(port, &[]).unwrap();
-    let bundle_a = build_bundle(&app, &dir.path().join("a"), &[]).unwrap();
-    edit_file(&app, "src/app.py", "hello", "hello B");
-    let bundle_b = build_bundle(&app, &dir.path().join("b"), &[]).unwrap();
+    let (dir, app, bundle_a, bundle_b) = revisions_a_and_b(port).unwrap();
     let sandbox = Sandbox::new().unwrap();
     let out = sandbox.after_install(&bundle_a, "d-INTERP001").unwrap();
     assert!(out.status.success(), "{}", describe(&out));

@@ -279,3 +279,13 @@ pub fn example_variant(port: u16, edits: &[(&str, &str)]) -> anyhow::Result<(tem
     fs::write(&yaml_path, yaml)?;
     Ok((dir, app))
 }
+
+/// The example app on `port` (vendored, its default), bundled twice: revision A, then B whose
+/// app.py greets "hello B". Returns the scratch directory (keep it), the app and both bundles.
+pub fn revisions_a_and_b(port: u16) -> anyhow::Result<(tempfile::TempDir, PathBuf, PathBuf, PathBuf)> {
+    let (dir, app) = example_variant(port, &[])?;
+    let a = crate::build_bundle(&app, &dir.path().join("a"), &[])?;
+    crate::edit_file(&app, "src/app.py", "hello", "hello B");
+    let b = crate::build_bundle(&app, &dir.path().join("b"), &[])?;
+    Ok((dir, app, a, b))
+}
