@@ -162,58 +162,80 @@ struct Batch {
     ends: Vec<usize>,
 }
 
-/// A thread that hashes each file's content, in the order the files were read, so inflating
-/// and hashing use two cores; the reader marks a file's `sha256` as `#N` (the N-th file) until
-/// [`HashPipe::finish`] gives the hashes.
+/// Hashes each file's content, in the order the files were read; the reader marks a file's
+/// `sha256` as `#N` (the N-th file) until [`HashPipe::finish`] gives the hashes. Once more than
+/// one batch of content has been read, a thread hashes while the reader inflates, so the two use
+/// two cores; a revision whose content fits one batch is hashed at the end, on the reader's
+/// thread, without starting one.
 struct HashPipe {
-    tx: std::sync::mpsc::SyncSender<Batch>,
-    free: std::sync::mpsc::Receiver<Vec<u8>>,
-    thread: std::thread::JoinHandle<Vec<String>>,
+    worker: Option<HashWorker>,
     batch: Batch,
     files: usize,
 }
 
+/// The hashing thread and its two channels: full batches in, emptied buffers back.
+struct HashWorker {
+    tx: std::sync::mpsc::SyncSender<Batch>,
+    free: std::sync::mpsc::Receiver<Vec<u8>>,
+    thread: std::thread::JoinHandle<Vec<String>>,
+}
+
+/// The first batch's buffer; it doubles up to [`BATCH`] as content arrives.
+const FIRST_BATCH: usize = 64 << 10;
+
+/// Hashes a batch's files into `hashes`; the bytes after the last end continue in `hasher`.
+fn hash_batch(hasher: &mut Sha256, hashes: &mut Vec<String>, batch: &Batch) {
+    let mut start = 0;
+    for &end in &batch.ends {
+        hasher.update(&batch.buf[start..end]);
+        hashes.push(hex(&hasher.finalize_reset()));
+        start = end;
+    }
+    hasher.update(&batch.buf[start..batch.filled]);
+}
+
 impl HashPipe {
     fn start() -> HashPipe {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(4);
-        let (free_tx, free) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let mut hashes = Vec::new();
-            let mut hasher = Sha256::new();
-            for Batch { buf, filled, ends } in rx {
-                let mut start = 0;
-                for end in ends {
-                    hasher.update(&buf[start..end]);
-                    hashes.push(hex(&hasher.finalize_reset()));
-                    start = end;
-                }
-                hasher.update(&buf[start..filled]);
-                // The reader may be gone already; the buffer is then dropped.
-                let _ = free_tx.send(buf);
-            }
-            hashes
-        });
         HashPipe {
-            tx,
-            free,
-            thread,
-            batch: Batch { buf: vec![0; BATCH], filled: 0, ends: Vec::new() },
+            worker: None,
+            batch: Batch { buf: vec![0; FIRST_BATCH], filled: 0, ends: Vec::new() },
             files: 0,
         }
     }
 
-    /// Room for content at the end of the batch, sending it off when full.
+    /// Room for content at the end of the batch, growing it or sending it off when full.
     fn room(&mut self) -> &mut [u8] {
-        if self.batch.filled == BATCH {
-            self.flush();
+        let len = self.batch.buf.len();
+        if self.batch.filled == len {
+            if len < BATCH {
+                self.batch.buf.resize((len * 2).min(BATCH), 0);
+            } else {
+                self.flush();
+            }
         }
         &mut self.batch.buf[self.batch.filled..]
     }
 
+    /// Sends the batch to the hashing thread, starting it the first time.
     fn flush(&mut self) {
-        let buf = self.free.try_recv().unwrap_or_else(|_| vec![0; BATCH]);
+        let worker = self.worker.get_or_insert_with(|| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(4);
+            let (free_tx, free) = std::sync::mpsc::channel();
+            let thread = std::thread::spawn(move || {
+                let mut hashes = Vec::new();
+                let mut hasher = Sha256::new();
+                for batch in rx {
+                    hash_batch(&mut hasher, &mut hashes, &batch);
+                    // The reader may be gone already; the buffer is then dropped.
+                    let _ = free_tx.send(batch.buf);
+                }
+                hashes
+            });
+            HashWorker { tx, free, thread }
+        });
+        let buf = worker.free.try_recv().unwrap_or_else(|_| vec![0; BATCH]);
         let full = std::mem::replace(&mut self.batch, Batch { buf, filled: 0, ends: Vec::new() });
-        self.tx.send(full).expect("the hashing thread outlives the reader");
+        worker.tx.send(full).expect("the hashing thread outlives the reader");
     }
 
     /// Closes the current file; its hash will be the `index`-th.
@@ -225,9 +247,15 @@ impl HashPipe {
 
     /// Every file's hash, in the order the files were read.
     fn finish(mut self) -> Vec<String> {
+        if self.worker.is_none() {
+            let mut hashes = Vec::with_capacity(self.files);
+            hash_batch(&mut Sha256::new(), &mut hashes, &self.batch);
+            return hashes;
+        }
         self.flush();
-        drop(self.tx);
-        self.thread.join().expect("the hashing thread does not panic")
+        let HashWorker { tx, thread, .. } = self.worker.take().expect("started by flush");
+        drop(tx);
+        thread.join().expect("the hashing thread does not panic")
     }
 }
 
@@ -1105,6 +1133,43 @@ mod tests {
         assert_eq!(normalize(b"/etc/passwd", "x").unwrap_err().rule, "archive.absolute-path");
         assert_eq!(normalize(b"a//b", "x").unwrap_err().rule, "archive.path-not-normalized");
         assert_eq!(normalize(b"a\xff", "x").unwrap_err().rule, "archive.path-encoding");
+    }
+
+    /// Feeds files through the pipe in reads of an odd size, as `content` does, and compares
+    /// each hash with one computed directly.
+    fn hashes_through_pipe(sizes: &[usize]) -> (Vec<String>, Vec<String>, bool) {
+        let mut pipe = HashPipe::start();
+        let mut expected = Vec::new();
+        for (i, &size) in sizes.iter().enumerate() {
+            let content: Vec<u8> = (0..size).map(|b| (b * 31 + i) as u8).collect();
+            expected.push(hex(&Sha256::digest(&content)));
+            let mut rest = &content[..];
+            while !rest.is_empty() {
+                let room = pipe.room();
+                let n = room.len().min(rest.len()).min(9_973);
+                room[..n].copy_from_slice(&rest[..n]);
+                pipe.batch.filled += n;
+                rest = &rest[n..];
+            }
+            assert_eq!(pipe.end_file(), i);
+        }
+        let threaded = pipe.worker.is_some();
+        (pipe.finish(), expected, threaded)
+    }
+
+    #[test]
+    fn small_revisions_are_hashed_without_a_thread() {
+        let (got, expected, threaded) = hashes_through_pipe(&[0, 1, 5_000, 0, 70_000, 300_000]);
+        assert!(!threaded);
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn files_across_batches_are_hashed_on_the_thread() {
+        let sizes = [BATCH - 1, 1, 0, 3 * BATCH + 7, 17, BATCH, 2];
+        let (got, expected, threaded) = hashes_through_pipe(&sizes);
+        assert!(threaded);
+        assert_eq!(got, expected);
     }
 
     #[test]
