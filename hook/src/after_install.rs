@@ -24,7 +24,7 @@ use packaging::{
 };
 
 use crate::{
-    child::{Budget, Spawn},
+    child::{Budget, ChildFailed, Ending, Spawn},
     context::{Ctx, Revision},
     fsx::{self, Dir},
     journal::{Journal, Record, State, states},
@@ -319,7 +319,8 @@ const COMPILE_PY: &str = include_str!("python/compile.py");
 /// compiling parses the source from the archive, it runs none of it (`-I -S`: no site, no
 /// environment, no working directory on the path). A file that does not compile is left to
 /// Python at import: some trees carry `.py` files that are not meant for this interpreter.
-/// Returns that warning, if any; an interrupted or timed-out compilation is an error.
+/// Returns that warning, if any; a compilation that was not started, ran out of time or was
+/// interrupted is an error.
 fn compile_release(
     release: &Release,
     releases: &Path,
@@ -338,7 +339,7 @@ fn compile_release(
         Spawn { what: "bytecode compilation", ids: None, timeout: Duration::from_secs(300), log: log_file };
     match budget.run(cmd, spawn) {
         Ok(()) => Ok(None),
-        Err(err) if !crate::util::interrupted() && !format!("{err:#}").contains("timed out") => {
+        Err(err) if err.downcast_ref::<ChildFailed>().is_some_and(|f| f.ending == Ending::Exited) => {
             Ok(Some(format!("warning: {err:#}; those files compile at import instead")))
         }
         Err(err) => Err(err),

@@ -43,6 +43,19 @@ pub struct ChildFailed {
     pub note: String,
     /// Empty, or `; last output (full log: ...):` and its last lines.
     pub tail: String,
+    /// Whether it ran to its end or was stopped.
+    pub ending: Ending,
+}
+
+/// How a failed child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// It ran to its end: a non-zero exit status or a signal it did not get from the hook.
+    Exited,
+    /// It ran out of time, and the hook killed it.
+    TimedOut,
+    /// The hook was interrupted by a signal, and killed it.
+    Interrupted,
 }
 
 impl std::fmt::Display for ChildFailed {
@@ -54,8 +67,8 @@ impl std::fmt::Display for ChildFailed {
 impl std::error::Error for ChildFailed {}
 
 impl ChildFailed {
-    fn error(message: String, log: &Path, from: u64) -> anyhow::Error {
-        anyhow::Error::new(ChildFailed { message, note: String::new(), tail: tail(log, from) })
+    fn error(message: String, ending: Ending, log: &Path, from: u64) -> anyhow::Error {
+        anyhow::Error::new(ChildFailed { message, note: String::new(), tail: tail(log, from), ending })
     }
 }
 
@@ -139,13 +152,13 @@ pub fn run(mut cmd: Command, spawn: Spawn<'_>) -> anyhow::Result<()> {
     let mut child = cmd.spawn().with_context(|| format!("cannot start {}", spawn.what))?;
     let pgid = child.id() as libc::pid_t;
     let Some(status) = wait(&mut child, spawn.timeout, interrupted)? else {
-        let cause = if interrupted() {
-            "stopped: the hook was interrupted by a signal".to_owned()
+        let (cause, ending) = if interrupted() {
+            ("stopped: the hook was interrupted by a signal".to_owned(), Ending::Interrupted)
         } else {
-            format!("timed out after {}s", spawn.timeout.as_secs())
+            (format!("timed out after {}s", spawn.timeout.as_secs()), Ending::TimedOut)
         };
         kill_group(pgid, &mut child);
-        return Err(ChildFailed::error(format!("{} {cause}", spawn.what), spawn.log, start_offset));
+        return Err(ChildFailed::error(format!("{} {cause}", spawn.what), ending, spawn.log, start_offset));
     };
     if status.success() {
         return Ok(());
@@ -155,7 +168,7 @@ pub fn run(mut cmd: Command, spawn: Spawn<'_>) -> anyhow::Result<()> {
         (None, Some(signal)) => format!("was killed by signal {signal}"),
         _ => "failed".to_owned(),
     };
-    Err(ChildFailed::error(format!("{} {how}", spawn.what), spawn.log, start_offset))
+    Err(ChildFailed::error(format!("{} {how}", spawn.what), Ending::Exited, spawn.log, start_offset))
 }
 
 /// Waits for `child` to exit for at most `limit`, or until `stop` says so: `None` then, the

@@ -296,6 +296,7 @@ mod tests {
             note: String::new(),
             tail: "; last output (full log: /var/log):\n    error: No space left on device (os error 28)"
                 .into(),
+            ending: crate::child::Ending::Exited,
         })
         .context("python environment");
         let err = annotate_with(err, || NOTE.into());

@@ -98,23 +98,36 @@ fn isolated(program: &Path, ids: Option<Ids>) -> Command {
     cmd
 }
 
-/// Runs `cmd` with piped stdout and stderr, killing it past `timeout`. For commands that print
-/// a line or two: the pipes are read once it exits.
+/// Bytes of a captured stream that are kept; the rest is read and dropped.
+const CAPTURED: u64 = 64 << 10;
+
+/// Runs `cmd` with piped stdout and stderr, killing it past `timeout`. Both pipes are drained
+/// while it runs, so a child that writes more than a pipe holds finishes instead of waiting for
+/// its timeout; the first [`CAPTURED`] bytes of each are kept.
 fn run_captured(mut cmd: Command, timeout: Duration) -> anyhow::Result<(bool, String, String)> {
     let mut child = cmd.spawn()?;
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
     let Some(status) = crate::child::wait(&mut child, timeout, crate::util::interrupted)? else {
         let _ = child.kill();
         let _ = child.wait();
         bail!("timed out after {}s or interrupted", timeout.as_secs());
     };
-    let (mut stdout, mut stderr) = (String::new(), String::new());
-    if let Some(mut out) = child.stdout.take() {
-        let _ = out.read_to_string(&mut stdout);
-    }
-    if let Some(mut err) = child.stderr.take() {
-        let _ = err.read_to_string(&mut stderr);
-    }
-    Ok((status.success(), stdout, stderr))
+    let joined = |handle: std::thread::JoinHandle<String>| handle.join().unwrap_or_default();
+    Ok((status.success(), joined(stdout), joined(stderr)))
+}
+
+/// Reads `pipe` to its end on a thread of its own; the thread's result is its first
+/// [`CAPTURED`] bytes.
+fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = (&mut pipe).take(CAPTURED).read_to_end(&mut kept);
+            let _ = std::io::copy(&mut pipe, &mut std::io::sink());
+        }
+        String::from_utf8_lossy(&kept).into_owned()
+    })
 }
 
 /// The wheels a revision ships, from its manifest.
@@ -210,6 +223,18 @@ pub fn offline_args(wheels: &Path) -> Vec<std::ffi::OsString> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_child_that_writes_more_than_a_pipe_holds_is_not_stuck() {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "head -c 1000000 /dev/zero >&2; head -c 300000 /dev/zero; echo done >&2"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // Reading the pipes only after the child exits, this timed out: stderr's pipe was full.
+        let (ok, stdout, stderr) = run_captured(cmd, Duration::from_secs(20)).unwrap();
+        assert!(ok);
+        assert_eq!((stdout.len(), stderr.len()), (CAPTURED as usize, CAPTURED as usize));
+    }
 
     #[test]
     fn identities() {

@@ -189,6 +189,39 @@ fn first_deployment_with_uv_answers_http() {
 }
 
 #[test]
+fn a_file_that_does_not_compile_is_left_to_import_with_a_warning() {
+    let port = free_port();
+    let (dir, app) = example_variant(port, &[("installer: auto", "installer: uv")]).unwrap();
+    // Python 2 syntax: the release ships it, nothing imports it.
+    fs::create_dir_all(app.join("src/legacy")).unwrap();
+    fs::write(app.join("src/legacy/old.py"), "print \"hello\"\n").unwrap();
+    let bundle = build_bundle(&app, &dir.path().join("a"), &[]).unwrap();
+    let mut sandbox = Sandbox::new().unwrap();
+    sandbox.provide_uv().unwrap();
+    let out = sandbox.after_install(&bundle, "d-PY2FILE01").unwrap();
+    assert_ok(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("warning: bytecode compilation exited with status 1")
+            && stdout.contains("legacy/old.py")
+            && stdout.contains("those files compile at import instead"),
+        "{stdout}"
+    );
+    let release = sandbox.app_root().join("releases").join(sandbox.current().unwrap());
+    assert!(
+        release
+            .join("__pycache__")
+            .read_dir()
+            .unwrap()
+            .any(|e| { e.unwrap().file_name().to_string_lossy().starts_with("app.cpython-") })
+    );
+    assert!(
+        !release.join("legacy/__pycache__").exists()
+            || release.join("legacy/__pycache__").read_dir().unwrap().next().is_none()
+    );
+}
+
+#[test]
 fn failures_leave_current_alone_and_nothing_half_built() {
     let port = free_port();
     // From the index: a vendored bundle with a missing package fails at bundle time instead.
