@@ -73,8 +73,11 @@ pub fn child_env(store: &Store, extra_path: Option<&Path>) -> Vec<(OsString, OsS
     env.push(("UV_CACHE_DIR".into(), store.cache().join("uv").into()));
     env.push(("UV_PYTHON_DOWNLOADS".into(), "never".into()));
     // Trust the instance's CA store, as the distribution's pip does (corporate proxies add
-    // their CA there); uv's default is its own bundle.
+    // their CA there); uv's default is its own bundle. Both names: uv before 0.11 knows only
+    // UV_NATIVE_TLS; uv 0.13.9 reads UV_SYSTEM_CERTS and warns that UV_NATIVE_TLS is deprecated
+    // unless UV_SYSTEM_CERTS is set too.
     if !env.iter().any(|(k, _)| k == "UV_NATIVE_TLS" || k == "UV_SYSTEM_CERTS") {
+        env.push(("UV_SYSTEM_CERTS".into(), "1".into()));
         env.push(("UV_NATIVE_TLS".into(), "1".into()));
     }
     env.push(("PIP_DISABLE_PIP_VERSION_CHECK".into(), "1".into()));

@@ -181,6 +181,10 @@ fn first_deployment_with_uv_answers_http() {
     let out = sandbox.after_install(&bundle, "d-UVFIRST01").unwrap();
     let verdict = assert_ok(&out);
     assert!(verdict.contains("venv built with uv"), "{verdict}");
+    // uv is told to trust the system's CA store without a deprecation warning.
+    let log = fs::read_to_string(sandbox.state_dir().join("logs/d-UVFIRST01.log")).unwrap();
+    assert!(log.contains("uv pip install") || log.contains("Installed"), "{log}");
+    assert!(!log.contains("deprecated"), "{log}");
     let rev = sandbox.current().unwrap();
     let _service = sandbox.start_service(UNIT).unwrap();
     let (status, body) = http_get(port, "/healthz", Duration::from_secs(20)).unwrap();
