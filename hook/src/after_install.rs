@@ -339,7 +339,10 @@ fn compile_release(
         Spawn { what: "bytecode compilation", ids: None, timeout: Duration::from_secs(300), log: log_file };
     match budget.run(cmd, spawn) {
         Ok(()) => Ok(None),
-        Err(err) if err.downcast_ref::<ChildFailed>().is_some_and(|f| f.ending == Ending::Exited) => {
+        Err(err)
+            if !crate::util::interrupted()
+                && err.downcast_ref::<ChildFailed>().is_some_and(|f| f.ending == Ending::Exited) =>
+        {
             Ok(Some(format!("warning: {err:#}; those files compile at import instead")))
         }
         Err(err) => Err(err),
