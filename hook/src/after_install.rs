@@ -307,7 +307,6 @@ pub fn compact_journal(journal: &Journal, log: &Log) {
     }
 }
 
-/// What is left of AfterInstall's timeout for the next child.
 /// The script [`compile_release`] runs.
 const COMPILE_PY: &str = include_str!("python/compile.py");
 
@@ -349,6 +348,7 @@ fn compile_release(
     }
 }
 
+/// What is left of AfterInstall's timeout for the next child.
 fn budget(release: &Release, log: &Log) -> Budget {
     Budget::new("AfterInstall", release.timeouts.after_install.secs(), log.elapsed())
 }

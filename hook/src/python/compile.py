@@ -24,10 +24,10 @@ for top, dirs, files in os.walk(new):
         rel = os.path.relpath(source, new)
         cache = os.path.join(os.path.dirname(rel), "__pycache__")
         pyc = os.path.join(cache, f"{name[:-3]}.{tag}.pyc")
-        try:
-            with open(source, "rb") as f:
-                want = importlib.util.source_hash(f.read())
-            if old:
+        if old:
+            try:
+                with open(source, "rb") as f:
+                    want = importlib.util.source_hash(f.read())
                 with open(os.path.join(old, pyc), "rb") as f:
                     head = f.read(16)
                 if head == importlib.util.MAGIC_NUMBER + b"\x03\x00\x00\x00" + want:
@@ -35,8 +35,8 @@ for top, dirs, files in os.walk(new):
                     os.link(os.path.join(old, pyc), os.path.join(new, pyc))
                     linked += 1
                     continue
-        except OSError:
-            pass
+            except OSError:
+                pass
         try:
             py_compile.compile(
                 source,
