@@ -63,6 +63,8 @@ pub(crate) fn assert_nothing_half_built(sandbox: &Sandbox) {
 fn first_deployment_with_pip_then_redeploys_flips_and_no_ops() {
     let port = free_port();
     let (dir, app) = example_variant(port, &[("installer: auto", "installer: pip")]).unwrap();
+    // A module no revision changes: its pyc is compiled once.
+    fs::write(app.join("src/constants.py"), "GREETING = \"hello\"\n").unwrap();
     let bundle_a = build_bundle(&app, &dir.path().join("a"), &[]).unwrap();
     let sandbox = Sandbox::new().unwrap();
 
@@ -131,6 +133,21 @@ fn first_deployment_with_pip_then_redeploys_flips_and_no_ops() {
     assert_ne!(rev_a, rev_b);
     assert!(verdict.contains("venv reused") && verdict.contains(&format!("previous {rev_a}")), "{verdict}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("daemon-reload"), "the unit did not change");
+    // The unchanged module's pyc is the live release's, hard-linked; app.py's is compiled anew.
+    let pyc = |rev: &str, module: &str| {
+        let dir = sandbox.app_root().join("releases").join(rev).join("__pycache__");
+        let name = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .find(|name| name.to_string_lossy().starts_with(&format!("{module}.cpython-")))
+            .unwrap_or_else(|| panic!("no pyc of {module} in {}", dir.display()));
+        fs::metadata(dir.join(name)).unwrap().ino()
+    };
+    assert_eq!(pyc(&rev_b, "constants"), pyc(&rev_a, "constants"));
+    assert_ne!(pyc(&rev_b, "app"), pyc(&rev_a, "app"));
+    let log = fs::read_to_string(sandbox.state_dir().join("logs/d-SECOND002.log")).unwrap();
+    // Reused: constants.py and the launcher, configs/serve.py.
+    assert!(log.contains("1 compiled, 2 reused from the live release, 0 left to import"), "{log}");
 
     // The same deployment again: a no-op.
     let archive = sandbox.extract(&bundle_b, "d-SECOND002").unwrap();
@@ -212,17 +229,14 @@ fn a_file_that_does_not_compile_is_left_to_import_with_a_warning() {
         "{stdout}"
     );
     let release = sandbox.app_root().join("releases").join(sandbox.current().unwrap());
-    assert!(
-        release
-            .join("__pycache__")
-            .read_dir()
-            .unwrap()
-            .any(|e| { e.unwrap().file_name().to_string_lossy().starts_with("app.cpython-") })
-    );
-    assert!(
-        !release.join("legacy/__pycache__").exists()
-            || release.join("legacy/__pycache__").read_dir().unwrap().next().is_none()
-    );
+    let names = |dir: &str| -> Vec<String> {
+        fs::read_dir(release.join(dir))
+            .map(|entries| entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    };
+    let pycs = names("__pycache__");
+    assert!(pycs.iter().any(|name| name.starts_with("app.cpython-")), "{pycs:?}");
+    assert_eq!(names("legacy/__pycache__"), Vec::<String>::new());
 }
 
 #[test]
